@@ -1,0 +1,1 @@
+//! Python environment integrity: RECORD hashes, unrecorded files, start-up hooks, baselines

@@ -1,0 +1,1 @@
+//! Pickle opcode reader and symbolic machine that never imports or calls anything

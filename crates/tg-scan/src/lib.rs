@@ -1,0 +1,1 @@
+//! Format detection, per-format scanners and policies

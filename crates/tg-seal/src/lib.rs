@@ -1,0 +1,1 @@
+//! Directory manifests, parallel hashing, signing and verification in the OpenSSF Model Signing format

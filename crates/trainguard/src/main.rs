@@ -1,0 +1,64 @@
+//! The `trainguard` binary: parses arguments, calls the libraries, renders, picks the exit code.
+//!
+//! Reads top-down: [`main`] → [`run`] → one module per verb under [`cmd`]. Exit codes are the
+//! same for every verb: `0` clean or valid, `1` something dangerous or invalid was found, `2` the
+//! verb could not reach a verdict (an error, an inconclusive result). stdout is data; stderr is
+//! diagnostics and `hint:` lines.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod output;
+
+/// trainguard keeps shared ML training infrastructure safe from poisoned files and insiders.
+///
+/// Exit codes: 0 clean or valid; 1 something suspicious, malicious or invalid was found;
+/// 2 inconclusive or an error.
+#[derive(Debug, Parser)]
+#[command(name = "trainguard", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Record what this command did in an append-only ledger (SQLite file).
+    #[arg(long, global = true, env = "TRAINGUARD_LEDGER", value_name = "PATH")]
+    ledger: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Statically scan model files for code that runs on load (never executes them).
+    Scan(cmd::scan::Args),
+}
+
+/// What every verb gets besides its own arguments.
+#[derive(Debug)]
+pub(crate) struct Context {
+    /// `--ledger PATH` or `TRAINGUARD_LEDGER`, when set.
+    #[expect(dead_code, reason = "read by the verbs that record to the ledger")]
+    pub(crate) ledger: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            if output::is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            output::error(&format!("{err:#}"));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ctx = Context { ledger: cli.ledger };
+    match cli.command {
+        Command::Scan(args) => cmd::scan::run(args, &ctx),
+    }
+}

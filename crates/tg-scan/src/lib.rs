@@ -1,1 +1,141 @@
-//! Format detection, per-format scanners and policies
+//! Format detection and scanners for model files, judged against an allowlist [`Policy`].
+//!
+//! [`Scanner::scan_path`] detects a file's format from its bytes (never its extension), reads it
+//! the way the loader that would open it does — PyTorch's zip reader, its legacy multi-pickle
+//! stream and tar layout, TorchScript, numpy, joblib — and runs every pickle stream a loader
+//! could reach through the symbolic machine of `tg-pickle`. Nothing is ever imported, called or
+//! unpickled.
+//!
+//! The main design decision is *fail closed with evidence*: every global outside the active
+//! policy is at least `suspicious`; anything that cannot be fully analysed (a budget reached, a
+//! stream broken after it imported something, an unreadable archive) is `inconclusive`, never
+//! `clean`; and a file no loader can execute (a PNG named `.pt`) is `clean` with a note saying
+//! so. Only what a loader must read is read: a 10 GB torch zip costs its central directory and
+//! its `data.pkl`, not its tensor storages.
+
+mod danger;
+mod formats;
+mod judge;
+pub mod policy;
+mod tf;
+
+pub use tf::rules as tf_rules;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub use judge::rules;
+pub use policy::{Base, Kind, Policy, PolicyError};
+use tg_report::{FileReport, Finding, Location, Verdict};
+
+/// Every resource cap of a scan. Reaching one makes the file `inconclusive`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Caps of the symbolic pickle machine (opcodes, stack, memo, values).
+    pub pickle: tg_pickle::Limits,
+    /// Caps of the archive readers (entries, decompressed bytes, ratio).
+    pub archive: tg_archive::Limits,
+    /// How deep containers may nest (a zip in a tar in a gzip…).
+    pub max_depth: u32,
+    /// Most bytes read for one raw pickle stream.
+    pub max_stream_bytes: u64,
+    /// Wall-clock budget for one file.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            pickle: tg_pickle::Limits::default(),
+            archive: tg_archive::Limits::default(),
+            max_depth: 4,
+            max_stream_bytes: 2 << 30,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Scans files under one policy and one set of limits. Cheap to share across threads.
+#[derive(Debug, Clone, Default)]
+pub struct Scanner {
+    policy: Policy,
+    limits: Limits,
+}
+
+/// Rule identifiers for container and format findings (pickle rules are in [`rules`]).
+pub mod format_rules {
+    /// A hostile archive structure (duplicate names, header mismatch, overlap, trailing data).
+    pub const HOSTILE_ARCHIVE: &str = "TG-ARC-001";
+    /// An archive or member that could not be read.
+    pub const UNREADABLE: &str = "TG-ARC-002";
+    /// A container nested deeper than the limit.
+    pub const TOO_DEEP: &str = "TG-ARC-003";
+    /// The per-file time budget ran out.
+    pub const TIMEOUT: &str = "TG-SCAN-001";
+    /// The file could not be opened or read.
+    pub const IO_ERROR: &str = "TG-SCAN-002";
+    /// A numpy header that cannot be parsed.
+    pub const BAD_NPY: &str = "TG-NPY-001";
+    /// TorchScript code that reaches Python or unknown native operators.
+    pub const TORCHSCRIPT_CODE: &str = "TG-TS-001";
+}
+
+impl Scanner {
+    /// A scanner with `policy` and `limits`.
+    pub fn new(policy: Policy, limits: Limits) -> Self {
+        Scanner { policy, limits }
+    }
+
+    /// The active policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Scan one file. Never fails: I/O errors become an `inconclusive` report.
+    pub fn scan_path(&self, path: &Path) -> FileReport {
+        let display = path.display().to_string();
+        let file = match fs_err::File::open(path) {
+            Ok(f) => f,
+            Err(e) => return io_report(display, &e),
+        };
+        let size = match file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => return io_report(display, &e),
+        };
+        let mut report = self.scan_source(&display, &file);
+        report.size = size;
+        report
+    }
+
+    /// Scan bytes already in memory (`display` names them in the report).
+    pub fn scan_bytes(&self, display: &str, bytes: &[u8]) -> FileReport {
+        let mut report = self.scan_source(display, &bytes);
+        report.size = bytes.len() as u64;
+        report
+    }
+
+    fn scan_source(&self, display: &str, src: &dyn tg_archive::ReadAt) -> FileReport {
+        let mut cx = formats::Cx {
+            scanner: self,
+            deadline: Instant::now() + self.limits.timeout,
+            bytes_read: 0,
+        };
+        let out = cx.scan(src, 0);
+        let mut report = FileReport::new(display, out.format);
+        report.extend(out.findings);
+        report.notes = out.notes;
+        report.bytes_read = cx.bytes_read;
+        report
+    }
+}
+
+fn io_report(display: String, e: &std::io::Error) -> FileReport {
+    let mut r = FileReport::new(display, "unknown");
+    r.push(Finding::new(
+        format_rules::IO_ERROR,
+        Verdict::Inconclusive,
+        format!("cannot read the file: {e}"),
+        Location::default(),
+    ));
+    r
+}

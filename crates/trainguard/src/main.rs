@@ -18,7 +18,12 @@ mod output;
 /// Exit codes: 0 clean or valid; 1 something suspicious, malicious or invalid was found;
 /// 2 inconclusive or an error.
 #[derive(Debug, Parser)]
-#[command(name = "trainguard", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "trainguard",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

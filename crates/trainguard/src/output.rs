@@ -17,7 +17,6 @@ pub(crate) fn error(msg: &str) {
 }
 
 /// Write a `hint:` line to stderr.
-#[expect(dead_code, reason = "used by verbs as they grow hints")]
 pub(crate) fn hint(msg: &str) {
     let _ = writeln!(io::stderr().lock(), "hint: {msg}");
 }

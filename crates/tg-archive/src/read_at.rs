@@ -1,0 +1,80 @@
+//! Positioned reads over a file or a byte slice.
+
+use std::io;
+
+/// A source that can be read at any offset without moving a cursor.
+///
+/// The readers in this crate only ever read the parts of a file they need (the end of central
+/// directory, the central directory, the local headers and the members asked for), so a 10 GB
+/// checkpoint is never read in full. `Sync` so one archive can be read from several threads.
+pub trait ReadAt: Sync {
+    /// Total size of the source in bytes.
+    fn size(&self) -> u64;
+
+    /// Fills `buf` from `offset`, or fails (with [`io::ErrorKind::UnexpectedEof`] past the end).
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl ReadAt for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let start = usize::try_from(offset).map_err(|_| eof())?;
+        let end = start.checked_add(buf.len()).ok_or_else(eof)?;
+        let src = self.get(start..end).ok_or_else(eof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.as_slice().size()
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.as_slice().read_exact_at(buf, offset)
+    }
+}
+
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_exact_at(buf, offset)
+    }
+}
+
+/// A file whose size cannot be read reports size 0, which every reader here rejects as "not an
+/// archive"; open through [`fs_err::File`] to get errors that name the path.
+impl ReadAt for std::fs::File {
+    fn size(&self) -> u64 {
+        self.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+/// Errors carry the file's path.
+impl ReadAt for fs_err::File {
+    fn size(&self) -> u64 {
+        self.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        fs_err::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+fn eof() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "read past the end of the source",
+    )
+}

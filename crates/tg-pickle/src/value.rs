@@ -1,0 +1,341 @@
+//! The values the symbolic machine pushes: constants, containers, and symbols for everything
+//! that would have been produced by running code (imports, calls, persistent loads).
+//!
+//! Values live in an [`Arena`] and refer to each other by [`Id`], so sharing through the memo
+//! or `DUP` costs nothing and a "billion laughs" memo expansion stays linear in the input.
+
+use std::fmt::Write as _;
+
+use crate::op::Opcode;
+
+/// An index into the [`Arena`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(pub u32);
+
+/// A byte string: either a slice of the input (no copy) or decoded bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bytes {
+    /// `len` bytes at `start` in the analysed buffer.
+    Input {
+        /// Offset in the buffer.
+        start: usize,
+        /// Length in bytes.
+        len: usize,
+    },
+    /// Bytes that had to be decoded (escape sequences, `_codecs.encode` results).
+    Owned(Vec<u8>),
+}
+
+/// One symbolic value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// `None`.
+    None,
+    /// `True` / `False`.
+    Bool(bool),
+    /// An integer that fits in 64 bits.
+    Int(i64),
+    /// A larger integer: its two's-complement little-endian bytes.
+    BigInt(Vec<u8>),
+    /// A float.
+    Float(f64),
+    /// A text string (decoded; protocol 0–2 byte strings are decoded as latin-1, the way the
+    /// unpickler's default `encoding="ASCII"` turns them into `str` for every ASCII name).
+    Str(String),
+    /// A `bytes` object (`bytearray` when `mutable`).
+    Bytes {
+        /// The contents.
+        bytes: Bytes,
+        /// Whether this is a `bytearray` (`BYTEARRAY8`).
+        mutable: bool,
+    },
+    /// A tuple.
+    Tuple(Vec<Id>),
+    /// A list.
+    List(Vec<Id>),
+    /// A dict, in insertion order.
+    Dict(Vec<(Id, Id)>),
+    /// A set.
+    Set(Vec<Id>),
+    /// A frozenset.
+    FrozenSet(Vec<Id>),
+    /// The object a `GLOBAL`, `STACK_GLOBAL` or `INST` resolved: `module.name` after
+    /// `find_class`. `name` may be dotted (attribute walk).
+    Global {
+        /// The module as written in the pickle.
+        module: String,
+        /// The attribute path as written in the pickle.
+        name: String,
+    },
+    /// A global whose name could not be resolved statically (`STACK_GLOBAL` fed by computed
+    /// values, or `EXT*` codes from the copyreg registry).
+    UnknownGlobal {
+        /// Why it could not be resolved.
+        why: String,
+    },
+    /// What calling `callee` returned (`REDUCE`, `NEWOBJ`, `NEWOBJ_EX`, `INST`, `OBJ`), plus
+    /// whatever `BUILD`, `SETITEM(S)`, `APPEND(S)` later applied to it.
+    Call {
+        /// The callable.
+        callee: Id,
+        /// The positional arguments (a tuple).
+        args: Id,
+        /// Keyword arguments (`NEWOBJ_EX` only).
+        kwargs: Option<Id>,
+        /// The opcode that made the call.
+        opcode: Opcode,
+        /// State applied by `BUILD`.
+        state: Option<Id>,
+        /// Items added by `SETITEM(S)`.
+        items: Vec<(Id, Id)>,
+        /// Items added by `APPEND(S)` / `ADDITEMS`.
+        appended: Vec<Id>,
+    },
+    /// What the loader's `persistent_load(pid)` returned.
+    Persistent(Id),
+    /// An out-of-band buffer (protocol 5).
+    Buffer,
+}
+
+/// Storage for every value of one analysis.
+#[derive(Debug, Default)]
+pub struct Arena {
+    values: Vec<Value>,
+}
+
+impl Arena {
+    /// The value at `id`.
+    pub fn get(&self, id: Id) -> &Value {
+        &self.values[id.0 as usize]
+    }
+
+    pub(crate) fn get_mut(&mut self, id: Id) -> &mut Value {
+        &mut self.values[id.0 as usize]
+    }
+
+    pub(crate) fn push(&mut self, v: Value) -> Id {
+        let id = Id(u32::try_from(self.values.len()).unwrap_or(u32::MAX));
+        self.values.push(v);
+        id
+    }
+
+    /// How many values were created.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether no value was created.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The text of a `Str` value.
+    pub fn as_str(&self, id: Id) -> Option<&str> {
+        match self.get(id) {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The bytes of a `Bytes` value, resolved against the analysed buffer.
+    pub fn as_bytes<'a>(&'a self, id: Id, input: &'a [u8]) -> Option<&'a [u8]> {
+        match self.get(id) {
+            Value::Bytes {
+                bytes: Bytes::Input { start, len },
+                ..
+            } => input.get(*start..start.checked_add(*len)?),
+            Value::Bytes {
+                bytes: Bytes::Owned(b),
+                ..
+            } => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The integer value of an `Int`.
+    pub fn as_int(&self, id: Id) -> Option<i64> {
+        match self.get(id) {
+            Value::Int(i) => Some(*i),
+            Value::Bool(b) => Some(i64::from(*b)),
+            _ => None,
+        }
+    }
+
+    /// The elements of a tuple.
+    pub fn as_tuple(&self, id: Id) -> Option<&[Id]> {
+        match self.get(id) {
+            Value::Tuple(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// `module.name` of a global.
+    pub fn global_name(&self, id: Id) -> Option<(&str, &str)> {
+        match self.get(id) {
+            Value::Global { module, name } => Some((module, name)),
+            _ => None,
+        }
+    }
+
+    /// A short Python-like rendering for evidence: bounded in depth and length, so a hostile
+    /// self-referencing structure renders in constant space.
+    pub fn render(&self, id: Id, input: &[u8]) -> String {
+        let mut out = String::new();
+        self.render_into(id, input, 0, &mut out);
+        if out.len() > MAX_RENDER {
+            let mut cut = MAX_RENDER;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            out.push('…');
+        }
+        out
+    }
+
+    fn render_into(&self, id: Id, input: &[u8], depth: usize, out: &mut String) {
+        if out.len() > MAX_RENDER {
+            return;
+        }
+        if depth > 8 {
+            out.push('…');
+            return;
+        }
+        let seq = |arena: &Self, items: &[Id], open: &str, close: &str, out: &mut String| {
+            out.push_str(open);
+            for (i, it) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                if i >= 16 || out.len() > MAX_RENDER {
+                    out.push('…');
+                    break;
+                }
+                arena.render_into(*it, input, depth + 1, out);
+            }
+            out.push_str(close);
+        };
+        match self.get(id) {
+            Value::None => out.push_str("None"),
+            Value::Bool(b) => out.push_str(if *b { "True" } else { "False" }),
+            Value::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Value::BigInt(b) => {
+                let _ = write!(out, "<int of {} bytes>", b.len());
+            }
+            Value::Float(f) => {
+                let _ = write!(out, "{f:?}");
+            }
+            Value::Str(s) => py_repr(truncate(s, 160), out),
+            Value::Bytes { .. } => {
+                let b = self.as_bytes(id, input).unwrap_or(&[]);
+                out.push_str("b'");
+                for &c in b.iter().take(64) {
+                    if c.is_ascii_graphic() && c != b'\'' && c != b'\\' || c == b' ' {
+                        out.push(c as char);
+                    } else {
+                        let _ = write!(out, "\\x{c:02x}");
+                    }
+                }
+                if b.len() > 64 {
+                    let _ = write!(out, "…({} bytes)", b.len());
+                }
+                out.push('\'');
+            }
+            Value::Tuple(t) => {
+                if t.len() == 1 {
+                    out.push('(');
+                    self.render_into(t[0], input, depth + 1, out);
+                    out.push_str(",)");
+                } else {
+                    seq(self, t, "(", ")", out);
+                }
+            }
+            Value::List(l) => seq(self, l, "[", "]", out),
+            Value::Set(l) => seq(self, l, "{", "}", out),
+            Value::FrozenSet(l) => seq(self, l, "frozenset({", "})", out),
+            Value::Dict(d) => {
+                out.push('{');
+                for (i, (k, v)) in d.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    if i >= 16 || out.len() > MAX_RENDER {
+                        out.push('…');
+                        break;
+                    }
+                    self.render_into(*k, input, depth + 1, out);
+                    out.push_str(": ");
+                    self.render_into(*v, input, depth + 1, out);
+                }
+                out.push('}');
+            }
+            Value::Global { module, name } => {
+                let _ = write!(out, "{module}.{name}");
+            }
+            Value::UnknownGlobal { why } => {
+                let _ = write!(out, "<unresolved global: {why}>");
+            }
+            Value::Call {
+                callee,
+                args,
+                kwargs,
+                ..
+            } => {
+                self.render_into(*callee, input, depth + 1, out);
+                match self.get(*args) {
+                    Value::Tuple(t) => seq(self, t, "(", ")", out),
+                    _ => {
+                        out.push_str("(*");
+                        self.render_into(*args, input, depth + 1, out);
+                        out.push(')');
+                    }
+                }
+                if let Some(k) = kwargs {
+                    out.push_str("(**");
+                    self.render_into(*k, input, depth + 1, out);
+                    out.push(')');
+                }
+            }
+            Value::Persistent(pid) => {
+                out.push_str("persistent_load(");
+                self.render_into(*pid, input, depth + 1, out);
+                out.push(')');
+            }
+            Value::Buffer => out.push_str("<out-of-band buffer>"),
+        }
+    }
+}
+
+const MAX_RENDER: usize = 400;
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+/// Python's `repr` of a `str`, single-quoted.
+fn py_repr(s: &str, out: &mut String) {
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+}

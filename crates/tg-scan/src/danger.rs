@@ -1,0 +1,293 @@
+//! Known-dangerous globals. This list never decides whether a file is clean — the policy does —
+//! it only separates `malicious` (this list) from `suspicious` (everything else outside the
+//! policy). It is built from the gadgets of published scanner bypasses
+//! (`reference/scanners.md` §2c: GHSA advisories against picklescan, fickling and modelscan).
+
+/// Modules where every attribute is treated as dangerous (matched as the module itself or any
+/// submodule: `asyncio` covers `asyncio.unix_events`).
+const MODULES: &[&str] = &[
+    "os",
+    "posix",
+    "nt",
+    "subprocess",
+    "sys",
+    "pty",
+    "socket",
+    "_socket",
+    "shutil",
+    "ctypes",
+    "_ctypes",
+    "marshal",
+    "importlib",
+    "_imp",
+    "imp",
+    "_frozen_importlib",
+    "_frozen_importlib_external",
+    "runpy",
+    "pip",
+    "pkgutil",
+    "code",
+    "codeop",
+    "cProfile",
+    "profile",
+    "_lsprof",
+    "pdb",
+    "bdb",
+    "trace",
+    "timeit",
+    "doctest",
+    "webbrowser",
+    "urllib",
+    "http",
+    "httplib",
+    "urllib2",
+    "requests",
+    "aiohttp",
+    "httpx",
+    "smtplib",
+    "ftplib",
+    "telnetlib",
+    "poplib",
+    "imaplib",
+    "nntplib",
+    "ssl",
+    "asyncio",
+    "multiprocessing",
+    "_posixsubprocess",
+    "pickle",
+    "_pickle",
+    "cPickle",
+    "dill",
+    "cloudpickle",
+    "joblib.numpy_pickle_utils",
+    "shelve",
+    "pydoc",
+    "idlelib",
+    "lib2to3",
+    "venv",
+    "ensurepip",
+    "distutils",
+    "setuptools",
+    "_osx_support",
+    "_aix_support",
+    "_pyrepl",
+    "test",
+    "tempfile",
+    "glob",
+    "signal",
+    "_signal",
+    "threading",
+    "_thread",
+    "concurrent",
+    "_interpreters",
+    "_xxsubinterpreters",
+    "_interpqueues",
+    "gc",
+    "platform",
+    "pipes",
+    "linecache",
+    "inspect",
+    "zipimport",
+    "xmlrpc",
+    "socketserver",
+    "wsgiref",
+    "mailbox",
+    "sqlite3",
+    "dbm",
+    "_io",
+    "io",
+    "fileinput",
+    "tarfile",
+    "zipfile",
+    "site",
+    "sysconfig",
+    "builtins.__import__",
+    "operator",
+    "_operator",
+    "functools",
+    "numpy.testing",
+    "numpy.f2py",
+    "numpy.distutils",
+    "numpy.ctypeslib",
+    "numpy.lib.npyio",
+    "numpy.load",
+    "torch._inductor",
+    "torch.utils.collect_env",
+    "torch._dynamo",
+    "torch.fx.experimental",
+    "torch.utils.bottleneck",
+    "torch.jit",
+    "torch.hub",
+    "torch.serialization",
+    "torch.package",
+    "torch.utils.cpp_extension",
+    "torch.utils._config_module",
+    "torch.utils.data.datapipes",
+    "torch.load",
+    "torch.storage._load_from_bytes",
+    "torch.distributed",
+    "torch._C._jit",
+    "torch.ops",
+    "torch.classes",
+    "transformers.dynamic_module_utils",
+    "transformers.models.auto",
+    "huggingface_hub",
+    "mlflow",
+    "keras",
+    "tensorflow",
+    "yaml",
+    "jinja2",
+    "pandas.io",
+    "pandas.read_csv",
+    "pandas.read_pickle",
+    "uuid._get_command_stdout",
+    "logging.FileHandler",
+    "logging.config",
+    "logging.handlers",
+    "types.CodeType",
+    "types.FunctionType",
+    "types.MethodType",
+    "types.ModuleType",
+    "code.InteractiveInterpreter",
+    "nturl2path",
+    "msvcrt",
+    "winreg",
+    "_winapi",
+    "commands",
+    "popen2",
+    "spawn",
+    "pexpect",
+    "fabric",
+    "paramiko",
+    "ansible",
+];
+
+/// Exact `module.name` callables that run code, open files or reach the network.
+const NAMES: &[&str] = &[
+    "builtins.eval",
+    "builtins.exec",
+    "builtins.compile",
+    "builtins.open",
+    "builtins.getattr",
+    "builtins.setattr",
+    "builtins.delattr",
+    "builtins.globals",
+    "builtins.locals",
+    "builtins.vars",
+    "builtins.input",
+    "builtins.breakpoint",
+    "builtins.help",
+    "builtins.exit",
+    "builtins.quit",
+    "builtins.memoryview",
+    "builtins.type",
+    "builtins.super",
+    "builtins.classmethod",
+    "builtins.staticmethod",
+    "builtins.property",
+    "builtins.apply",
+    "builtins.execfile",
+    "builtins.file",
+    "builtins.reload",
+    "builtins.__build_class__",
+    "builtins.__loader__",
+    "builtins.__spec__",
+    "builtins.map",
+    "builtins.filter",
+    "builtins.iter",
+    "builtins.next",
+    "builtins.callable",
+    "builtins.dir",
+    "builtins.hasattr",
+    "builtins.id",
+    "builtins.hash",
+    "copyreg.add_extension",
+    "copyreg.dispatch_table",
+    "copyreg._extension_registry",
+];
+
+/// Attribute names that reach the interpreter's internals from any object.
+const DUNDERS: &[&str] = &[
+    "__import__",
+    "__builtins__",
+    "__globals__",
+    "__subclasses__",
+    "__class__",
+    "__base__",
+    "__bases__",
+    "__mro__",
+    "__dict__",
+    "__getattribute__",
+    "__getattr__",
+    "__code__",
+    "__func__",
+    "__self__",
+    "__closure__",
+    "__reduce__",
+    "__reduce_ex__",
+    "__init_subclass__",
+    "__loader__",
+    "__spec__",
+    "__setattr__",
+    "__delattr__",
+    "__call__",
+    "__new__",
+    "__init__",
+    "__module__",
+    "__qualname__",
+    "__wrapped__",
+    "__get__",
+    "__set__",
+];
+
+/// Why `module.name` is known to be dangerous, or `None`.
+pub(crate) fn classify(module: &str, name: &str) -> Option<&'static str> {
+    if name.split('.').any(|part| DUNDERS.contains(&part))
+        || module.split('.').any(|p| DUNDERS.contains(&p))
+    {
+        return Some("reaches interpreter internals through a dunder attribute");
+    }
+    // `find_class` walks dotted names (protocol 4+), so `pathlib` + `os.system` is `os.system`:
+    // judge every suffix of the full path as if it were the module path.
+    let full = format!("{module}.{name}");
+    let parts: Vec<&str> = full.split('.').collect();
+    let module_parts = module.split('.').count();
+    let starts = std::iter::once(0).chain(module_parts..parts.len());
+    for start in starts {
+        let tail = parts[start..].join(".");
+        if NAMES.contains(&tail.as_str()) {
+            return Some("runs code, touches files or reaches the network");
+        }
+        if MODULES
+            .iter()
+            .any(|m| tail == *m || tail.strip_prefix(m).is_some_and(|r| r.starts_with('.')))
+        {
+            return Some("belongs to a module that runs commands, code or network and file I/O");
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::classify;
+
+    #[test]
+    fn direct_and_walked_names() {
+        assert!(classify("posix", "system").is_some());
+        assert!(classify("os", "system").is_some());
+        assert!(classify("builtins", "eval").is_some());
+        assert!(classify("pathlib", "os.system").is_some());
+        assert!(classify("builtins", "print.__class__.__base__.__subclasses__").is_some());
+        assert!(classify("numpy", "__builtins__").is_some());
+        assert!(classify("asyncio.unix_events", "_UnixSubprocessTransport._start").is_some());
+        assert!(classify("torch._inductor.codecache", "compile_file").is_some());
+        assert!(classify("collections", "OrderedDict").is_none());
+        assert!(classify("torch._utils", "_rebuild_tensor_v2").is_none());
+        assert!(classify("__main__", "MyModel").is_none());
+        assert!(
+            classify("scipy.io.matlab", "mat_struct").is_none(),
+            "io inside a module path is not the io module"
+        );
+    }
+}

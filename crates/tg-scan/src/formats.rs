@@ -1,0 +1,1186 @@
+//! Per-format readers: each one reads a container the way its loader does and hands every
+//! pickle stream the loader could reach to the judge.
+
+use std::time::Instant;
+
+use tg_archive::decompress::{self, Compression};
+use tg_archive::{ReadAt, TarArchive, ZipArchive};
+use tg_pickle::{AfterBuild, Analysis, Arena, End, Hook, Id, NoHook, Options, Value};
+use tg_report::{Finding, Location, Verdict};
+
+use crate::Scanner;
+use crate::format_rules as fr;
+use crate::judge::{self, Context};
+
+/// `torch.serialization.MAGIC_NUMBER`, the first pickle of a legacy (pre-1.6) checkpoint.
+const TORCH_LEGACY_MAGIC: i128 = 0x1950a86a20f9469cfc6c;
+
+/// What scanning one source produced.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub format: &'static str,
+    pub findings: Vec<Finding>,
+    pub notes: Vec<String>,
+}
+
+impl Outcome {
+    fn new(format: &'static str) -> Self {
+        Outcome {
+            format,
+            ..Outcome::default()
+        }
+    }
+
+    fn absorb(&mut self, other: Outcome, member: Option<&str>) {
+        for f in other.findings {
+            self.findings.push(match member {
+                Some(m) => f.within(m),
+                None => f,
+            });
+        }
+        for n in other.notes {
+            self.notes.push(match member {
+                Some(m) => format!("{m}: {n}"),
+                None => n,
+            });
+        }
+    }
+}
+
+/// One file's scan: the scanner, the deadline and the byte count.
+pub(crate) struct Cx<'s> {
+    pub scanner: &'s Scanner,
+    pub deadline: Instant,
+    pub bytes_read: u64,
+}
+
+fn read_at(src: &dyn ReadAt, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    let len = usize::try_from(len).map_err(|_| std::io::Error::other("read too large"))?;
+    let mut buf = vec![0u8; len];
+    src.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
+}
+
+fn is_zip_head(h: &[u8]) -> bool {
+    h.starts_with(b"PK\x03\x04") || h.starts_with(b"PK\x05\x06")
+}
+
+fn is_7z(h: &[u8]) -> bool {
+    h.starts_with(b"7z\xbc\xaf\x27\x1c")
+}
+
+fn is_tar(h: &[u8]) -> bool {
+    h.get(257..262) == Some(b"ustar")
+}
+
+fn is_npy(h: &[u8]) -> bool {
+    h.starts_with(b"\x93NUMPY")
+}
+
+impl Cx<'_> {
+    fn timed_out(&self) -> bool {
+        Instant::now() > self.deadline
+    }
+
+    fn read(&mut self, src: &dyn ReadAt, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        let b = read_at(src, offset, len)?;
+        self.bytes_read += b.len() as u64;
+        Ok(b)
+    }
+
+    /// Detect the format of `src` and scan it.
+    pub(crate) fn scan(&mut self, src: &dyn ReadAt, depth: u32) -> Outcome {
+        let size = src.size();
+        if size == 0 {
+            let mut o = Outcome::new("empty");
+            o.notes
+                .push("empty file: nothing a loader could execute".into());
+            return o;
+        }
+        if depth > self.scanner.limits.max_depth {
+            let mut o = Outcome::new("nested");
+            o.findings.push(Finding::new(
+                fr::TOO_DEEP,
+                Verdict::Inconclusive,
+                format!(
+                    "containers nest deeper than {} levels",
+                    self.scanner.limits.max_depth
+                ),
+                Location::default(),
+            ));
+            return o;
+        }
+        let head = match self.read(src, 0, size.min(512)) {
+            Ok(h) => h,
+            Err(e) => return unreadable("file", &e.to_string()),
+        };
+        if is_zip_head(&head) {
+            return self.scan_zip(src, depth);
+        }
+        if is_npy(&head) {
+            return self.scan_npy(src, depth);
+        }
+        if is_7z(&head) {
+            return self.scan_7z(src, depth);
+        }
+        if is_tar(&head) {
+            return self.scan_tar(src, depth);
+        }
+        if crate::tf::is_hdf5(&head) {
+            return self.scan_h5(src);
+        }
+        if let Some(kind) = decompress::sniff(&head) {
+            // zlib's magic is not a pickle opcode, so this never hides a raw pickle.
+            return self.scan_compressed(src, kind, depth);
+        }
+        let mut out = self.scan_stream_file(src);
+        // A zip appended to another file still opens with zipfile-based loaders (numpy,
+        // generic archive loaders): scan that view too.
+        if size > 22 {
+            let tail_len = size.min(65_557);
+            if let Ok(tail) = self.read(src, size - tail_len, tail_len)
+                && tail.windows(4).any(|w| w == b"PK\x05\x06")
+                && let Ok(zip) = ZipArchive::open(src, self.scanner.limits.archive.clone())
+                && !zip.entries().is_empty()
+            {
+                let z = self.scan_zip_archive(&zip, depth);
+                out.notes
+                    .push("a zip archive is appended to this file: scanned as a polyglot".into());
+                out.findings.push(Finding::new(
+                    fr::HOSTILE_ARCHIVE,
+                    Verdict::Suspicious,
+                    "file is a polyglot: a zip archive follows other data",
+                    Location::default(),
+                ));
+                out.absorb(z, Some("<appended zip>"));
+            }
+        }
+        out
+    }
+
+    // ---------- raw pickle streams: plain, stacked, legacy torch ----------
+
+    /// Run one pickle starting at `pos` in `src`, reading more of the file as needed.
+    fn run_pickle(
+        &mut self,
+        src: &dyn ReadAt,
+        pos: u64,
+        hook: &mut dyn Hook,
+    ) -> Result<(Vec<u8>, Analysis), String> {
+        let size = src.size();
+        let remaining = size.saturating_sub(pos);
+        let mut want = remaining.min(4 << 20);
+        loop {
+            let buf = self.read(src, pos, want).map_err(|e| e.to_string())?;
+            let complete = want == remaining;
+            let opts = Options {
+                limits: self.scanner.limits.pickle.clone(),
+                complete,
+                record_opcodes: self.scanner.policy.restricts_opcodes(),
+            };
+            let a = tg_pickle::analyze(&buf, 0, &opts, hook);
+            if a.end != End::NeedMore {
+                return Ok((buf, a));
+            }
+            if want >= self.scanner.limits.max_stream_bytes {
+                return Err(format!(
+                    "pickle stream is longer than the {} byte limit",
+                    self.scanner.limits.max_stream_bytes
+                ));
+            }
+            want = remaining
+                .min(want.saturating_mul(4))
+                .min(self.scanner.limits.max_stream_bytes);
+        }
+    }
+
+    /// A judged pickle at `pos`, with offsets made absolute. Runs joblib's view and the plain
+    /// `pickle.load` view when they differ.
+    fn judged_pickle(
+        &mut self,
+        src: &dyn ReadAt,
+        pos: u64,
+        ctx: Context,
+    ) -> Result<(Analysis, Vec<u8>, judge::Judged), String> {
+        let mut hook = JoblibHook;
+        let (buf, a) = self.run_pickle(src, pos, &mut hook)?;
+        let mut j = self.judge(&a, &buf, ctx);
+        if !a.skipped.is_empty() || !a.nested.is_empty() {
+            // joblib reads raw array bytes after each NumpyArrayWrapper; plain pickle.load would
+            // read them as opcodes. Judge that view too, so a payload hidden as "array data"
+            // for one loader is still seen for the other.
+            let (pbuf, plain) = self.run_pickle(src, pos, &mut NoHook)?;
+            let pj = self.judge(&plain, &pbuf, ctx);
+            for f in pj.findings {
+                if f.verdict >= Verdict::Suspicious
+                    && !j
+                        .findings
+                        .iter()
+                        .any(|g| g.rule == f.rule && g.message == f.message)
+                {
+                    j.findings.push(f);
+                }
+            }
+        }
+        for f in &mut j.findings {
+            if let Some(o) = f.location.offset.as_mut() {
+                *o += pos;
+            }
+        }
+        Ok((a, buf, j))
+    }
+
+    fn judge(&self, a: &Analysis, buf: &[u8], ctx: Context) -> judge::Judged {
+        let scanner = self.scanner;
+        let follow = |bytes: &[u8], depth: u32| -> Vec<Finding> {
+            let opts = Options {
+                limits: scanner.limits.pickle.clone(),
+                complete: true,
+                record_opcodes: scanner.policy.restricts_opcodes(),
+            };
+            let inner = tg_pickle::analyze(bytes, 0, &opts, &mut NoHook);
+            judge::judge(
+                &inner,
+                bytes,
+                &scanner.policy,
+                Context::default(),
+                depth,
+                &|_, _| Vec::new(),
+            )
+            .findings
+        };
+        judge::judge(a, buf, &self.scanner.policy, ctx, 0, &follow)
+    }
+
+    /// A file (or member) that is not a container: one or more pickle streams, or nothing a
+    /// loader executes.
+    fn scan_stream_file(&mut self, src: &dyn ReadAt) -> Outcome {
+        self.scan_stream(src, Context::default(), "pickle")
+    }
+
+    fn scan_stream(&mut self, src: &dyn ReadAt, ctx: Context, format: &'static str) -> Outcome {
+        let size = src.size();
+        let mut out = Outcome::new(format);
+        let mut pos = 0u64;
+        let mut legacy = false;
+        for index in 0..64u32 {
+            if self.timed_out() {
+                out.findings.push(timeout());
+                break;
+            }
+            let ctx = if legacy {
+                Context { torch: true, ..ctx }
+            } else {
+                ctx
+            };
+            let (a, buf, j) = match self.judged_pickle(src, pos, ctx) {
+                Ok(r) => r,
+                Err(e) => {
+                    out.findings.push(Finding::new(
+                        judge::rules::LIMIT,
+                        Verdict::Inconclusive,
+                        e,
+                        Location::at(pos),
+                    ));
+                    break;
+                }
+            };
+            let stopped = a.stopped();
+            if index == 0 {
+                if !stopped && !a.touched_code() {
+                    let mut o = Outcome::new("not-a-model");
+                    let why = match &a.end {
+                        End::Error { message, .. } => message.clone(),
+                        _ => "no pickle stream".into(),
+                    };
+                    if let Some(found) = self.saved_model_view(src) {
+                        return found;
+                    }
+                    o.notes.push(format!(
+                        "not a pickle or a known model format ({why}): no loader executes it"
+                    ));
+                    return o;
+                }
+                if let End::Stop { value, .. } = a.end
+                    && int_value(&a.arena, value) == Some(TORCH_LEGACY_MAGIC)
+                {
+                    legacy = true;
+                    out.format = "pytorch-legacy";
+                }
+            } else if !stopped && !a.touched_code() {
+                // Trailing bytes that are not another pickle: nothing reads them as one.
+                if !legacy {
+                    out.notes.push(format!(
+                        "{} bytes after the last pickle are not a pickle",
+                        size - pos
+                    ));
+                }
+                break;
+            } else if !legacy {
+                out.notes.push(format!(
+                    "pickle #{} starts at offset {pos} (stacked pickles)",
+                    index + 1
+                ));
+            }
+            let _ = buf;
+            out.findings.extend(j.findings);
+            out.notes.extend(j.notes);
+            if !stopped {
+                break;
+            }
+            pos += a.consumed;
+            if pos >= size {
+                break;
+            }
+            if legacy && index == 4 {
+                // magic, protocol, sys_info, the object, the storage keys: torch then reads raw
+                // storage bytes, never another pickle.
+                out.notes.push(format!(
+                    "legacy checkpoint: {} bytes of raw storages follow the five pickles",
+                    size - pos
+                ));
+                break;
+            }
+        }
+        out
+    }
+
+    // ---------- zip: PyTorch, TorchScript, npz, generic ----------
+
+    fn scan_zip(&mut self, src: &dyn ReadAt, depth: u32) -> Outcome {
+        match ZipArchive::open(src, self.scanner.limits.archive.clone()) {
+            Ok(zip) => {
+                let o = self.scan_zip_archive(&zip, depth);
+                self.bytes_read += zip.bytes_read();
+                o
+            }
+            Err(e) => unreadable("zip archive", &e.to_string()),
+        }
+    }
+
+    fn scan_zip_archive<R: ReadAt>(&mut self, zip: &ZipArchive<R>, depth: u32) -> Outcome {
+        let mut out = Outcome::new("zip");
+        let data_pkl = zip.torch_record("data.pkl").cloned();
+        let constants = zip.torch_record("constants.pkl").cloned();
+        let torch = data_pkl.is_some() || constants.is_some();
+        let encrypted = |name: &str| {
+            zip.entries()
+                .iter()
+                .any(|e| e.name == name && e.encrypted())
+        };
+        for an in zip.anomalies() {
+            let hostile = match an {
+                // Only torch gives the first folder a meaning; a generic zip may have several.
+                tg_archive::Anomaly::MultipleTopLevel { .. } => false,
+                // ZipCrypto adds a 12-byte header to a stored member: sizes differ by design.
+                tg_archive::Anomaly::StoredSizeMismatch { name, .. } if encrypted(name) => false,
+                other => other.is_hostile(),
+            };
+            if hostile {
+                out.findings.push(Finding::new(
+                    fr::HOSTILE_ARCHIVE,
+                    Verdict::Malicious,
+                    format!("ambiguous zip structure: {an}"),
+                    Location::default(),
+                ));
+            } else {
+                out.notes.push(an.to_string());
+            }
+        }
+        let torchscript = constants.is_some();
+        if torch {
+            out.format = if torchscript {
+                "torchscript"
+            } else {
+                "pytorch-zip"
+            };
+            let prefixes = zip.top_level_prefixes();
+            if prefixes.len() > 1 {
+                out.findings.push(Finding::new(
+                    fr::HOSTILE_ARCHIVE,
+                    Verdict::Malicious,
+                    format!("torch archive has {} top-level folders ({}): loaders disagree on which one holds the model", prefixes.len(), prefixes.join(", ")),
+                    Location::default(),
+                ));
+            }
+        }
+        let ctx = Context { torch, torchscript };
+        let mut storage_keys = std::collections::HashSet::new();
+        let mut done = std::collections::HashSet::new();
+        // The pickles torch itself reads, first: they tell which members are raw storages.
+        for entry in [data_pkl.as_ref(), constants.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            done.insert(entry.index);
+            match zip.read(entry) {
+                Ok(bytes) => {
+                    self.bytes_read += bytes.len() as u64;
+                    let o = self.scan_stream(&bytes.as_slice(), ctx, "pickle");
+                    out.absorb(o, Some(&entry.name));
+                    let keys = self.storage_keys(&bytes, ctx);
+                    storage_keys.extend(keys);
+                }
+                Err(e) => out.findings.push(Finding::new(
+                    fr::UNREADABLE,
+                    Verdict::Inconclusive,
+                    format!("cannot read {}: {e}", entry.name),
+                    Location::default(),
+                )),
+            }
+        }
+        let prefix = zip.torch_prefix().unwrap_or("").to_owned();
+        let mut npy_members = 0usize;
+        let mut members = 0usize;
+        for entry in zip.entries() {
+            if entry.is_directory() || done.contains(&entry.index) {
+                continue;
+            }
+            if self.timed_out() {
+                out.findings.push(timeout());
+                break;
+            }
+            members += 1;
+            if torch
+                && let Some(key) = entry.name.strip_prefix(&format!("{prefix}/data/"))
+                && storage_keys.contains(key)
+            {
+                continue; // raw tensor bytes, only ever read as a storage
+            }
+            let head = match zip.read_prefix(entry, 512) {
+                Ok(h) => h,
+                Err(e) => {
+                    out.notes.push(format!(
+                        "{}: not readable ({e}); no loader can read it either",
+                        entry.name
+                    ));
+                    continue;
+                }
+            };
+            self.bytes_read += head.len() as u64;
+            if is_npy(&head) {
+                npy_members += 1;
+            }
+            let is_code =
+                torchscript && entry.name.contains("/code/") && entry.name.ends_with(".py");
+            if is_code {
+                if let Ok(bytes) = zip.read(entry) {
+                    self.bytes_read += bytes.len() as u64;
+                    scan_torchscript_code(&entry.name, &bytes, &mut out);
+                }
+                continue;
+            }
+            if !self.worth_reading(&head) {
+                continue;
+            }
+            match zip.read(entry) {
+                Ok(bytes) => {
+                    self.bytes_read += bytes.len() as u64;
+                    let inner = self.scan_member(&bytes, ctx, depth);
+                    out.absorb(inner, Some(&entry.name));
+                }
+                Err(e) => out.findings.push(Finding::new(
+                    fr::UNREADABLE,
+                    Verdict::Inconclusive,
+                    format!("cannot read member: {e}"),
+                    Location::default().within(&entry.name),
+                )),
+            }
+        }
+        if !torch && members > 0 && npy_members == members {
+            out.format = "npz";
+        }
+        out
+    }
+
+    fn storage_keys(&mut self, bytes: &[u8], ctx: Context) -> std::collections::HashSet<String> {
+        let opts = Options {
+            limits: self.scanner.limits.pickle.clone(),
+            complete: true,
+            record_opcodes: false,
+        };
+        let a = tg_pickle::analyze(bytes, 0, &opts, &mut NoHook);
+        judge::judge(&a, bytes, &self.scanner.policy, ctx, 0, &|_, _| Vec::new()).storage_keys
+    }
+
+    /// Whether a member's first bytes could start something a loader executes.
+    fn worth_reading(&self, head: &[u8]) -> bool {
+        let Some(&b0) = head.first() else {
+            return false;
+        };
+        is_zip_head(head)
+            || is_npy(head)
+            || is_7z(head)
+            || is_tar(head)
+            || decompress::sniff(head).is_some()
+            || tg_pickle::Opcode::from_byte(b0).is_some()
+    }
+
+    /// A member's bytes: a nested container or a pickle stream.
+    fn scan_member(&mut self, bytes: &[u8], ctx: Context, depth: u32) -> Outcome {
+        let head = &bytes[..bytes.len().min(512)];
+        if is_zip_head(head)
+            || is_npy(head)
+            || is_7z(head)
+            || is_tar(head)
+            || decompress::sniff(head).is_some()
+        {
+            return self.scan(&bytes, depth + 1);
+        }
+        self.scan_stream(&bytes, ctx, "pickle")
+    }
+
+    // ---------- numpy ----------
+
+    fn scan_npy(&mut self, src: &dyn ReadAt, depth: u32) -> Outcome {
+        let _ = depth;
+        let mut out = Outcome::new("npy");
+        let head = match self.read(src, 0, src.size().min(10)) {
+            Ok(h) => h,
+            Err(e) => return unreadable("npy header", &e.to_string()),
+        };
+        if head.len() < 10 {
+            out.findings.push(bad_npy("header is truncated"));
+            return out;
+        }
+        let (hlen, hstart) = match head[6] {
+            1 => (u64::from(u16::from_le_bytes([head[8], head[9]])), 10u64),
+            2 | 3 => match self.read(src, 8, 4) {
+                Ok(b) => (
+                    u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                    12u64,
+                ),
+                Err(e) => return unreadable("npy header", &e.to_string()),
+            },
+            v => {
+                out.findings
+                    .push(bad_npy(&format!("unknown format version {v}")));
+                return out;
+            }
+        };
+        if hlen > 1 << 20 || hstart + hlen > src.size() {
+            out.findings.push(bad_npy("header length is out of range"));
+            return out;
+        }
+        let header = match self.read(src, hstart, hlen) {
+            Ok(h) => h,
+            Err(e) => return unreadable("npy header", &e.to_string()),
+        };
+        let text = String::from_utf8_lossy(&header);
+        let Some(object) = descr_has_object(&text) else {
+            out.findings.push(bad_npy("header has no readable 'descr'"));
+            return out;
+        };
+        if !object {
+            return out;
+        }
+        // np.load(allow_pickle=True) calls pickle.load on the rest of the file.
+        let data_start = hstart + hlen;
+        let rest = Window {
+            src,
+            start: data_start,
+        };
+        let s = self.scan_stream(&rest, Context::default(), "pickle");
+        out.notes.push("object array: its data is a pickle".into());
+        for mut f in s.findings {
+            if let Some(o) = f.location.offset.as_mut() {
+                *o += data_start;
+            }
+            out.findings.push(f);
+        }
+        out.notes.extend(
+            s.notes
+                .into_iter()
+                .filter(|n| !n.starts_with("not a pickle")),
+        );
+        out
+    }
+
+    // ---------- tar (oldest torch format, generic tar) ----------
+
+    fn scan_tar(&mut self, src: &dyn ReadAt, depth: u32) -> Outcome {
+        let tar = match TarArchive::open(src, self.scanner.limits.archive.clone()) {
+            Ok(t) => t,
+            Err(e) => return unreadable("tar archive", &e.to_string()),
+        };
+        let mut out = Outcome::new("tar");
+        for an in tar.anomalies() {
+            if an.is_hostile() {
+                out.findings.push(Finding::new(
+                    fr::HOSTILE_ARCHIVE,
+                    Verdict::Malicious,
+                    format!("ambiguous tar structure: {an}"),
+                    Location::default(),
+                ));
+            } else {
+                out.notes.push(an.to_string());
+            }
+        }
+        let torch = ["sys_info", "pickle", "storages", "tensors"]
+            .iter()
+            .all(|n| tar.locate(n).is_some());
+        if torch {
+            out.format = "pytorch-tar";
+        }
+        let ctx = Context {
+            torch,
+            torchscript: false,
+        };
+        for entry in tar.entries() {
+            if entry.kind != tg_archive::TarEntryKind::Regular {
+                continue;
+            }
+            if self.timed_out() {
+                out.findings.push(timeout());
+                break;
+            }
+            let head = match tar.read_prefix(entry, 512) {
+                Ok(h) => h,
+                Err(e) => {
+                    out.findings.push(Finding::new(
+                        fr::UNREADABLE,
+                        Verdict::Inconclusive,
+                        format!("cannot read member: {e}"),
+                        Location::default().within(&entry.name),
+                    ));
+                    continue;
+                }
+            };
+            self.bytes_read += head.len() as u64;
+            if !self.worth_reading(&head) {
+                continue;
+            }
+            match tar.read(entry) {
+                Ok(bytes) => {
+                    self.bytes_read += bytes.len() as u64;
+                    let inner = if torch && (entry.name == "storages" || entry.name == "tensors") {
+                        self.scan_torch_tar_records(&bytes, &entry.name)
+                    } else {
+                        self.scan_member(&bytes, ctx, depth)
+                    };
+                    out.absorb(inner, Some(&entry.name));
+                }
+                Err(e) => out.findings.push(Finding::new(
+                    fr::UNREADABLE,
+                    Verdict::Inconclusive,
+                    format!("cannot read member: {e}"),
+                    Location::default().within(&entry.name),
+                )),
+            }
+        }
+        out
+    }
+
+    /// The `storages` and `tensors` members of the tar format interleave small pickles with raw
+    /// data (`torch/serialization.py`, `legacy_load`): a count, then per record a pickle and
+    /// its raw bytes. Every record pickle is scanned.
+    fn scan_torch_tar_records(&mut self, bytes: &[u8], member: &str) -> Outcome {
+        let mut out = Outcome::new("pickle");
+        let ctx = Context {
+            torch: true,
+            torchscript: false,
+        };
+        let src: &dyn ReadAt = &bytes;
+        let (a, _, j) = match self.judged_pickle(src, 0, ctx) {
+            Ok(r) => r,
+            Err(e) => return unreadable(member, &e),
+        };
+        out.findings.extend(j.findings);
+        let count = match a.end {
+            End::Stop { value, .. } => a.arena.as_int(value),
+            _ => None,
+        };
+        let Some(count) = count else {
+            return out;
+        };
+        let mut pos = a.consumed;
+        for _ in 0..count.clamp(0, 1_000_000) {
+            let (rec, _, j) = match self.judged_pickle(src, pos, ctx) {
+                Ok(r) => r,
+                Err(e) => {
+                    out.findings.push(Finding::new(
+                        judge::rules::LIMIT,
+                        Verdict::Inconclusive,
+                        e,
+                        Location::at(pos),
+                    ));
+                    return out;
+                }
+            };
+            out.findings.extend(j.findings);
+            let End::Stop { value, .. } = rec.end else {
+                return out;
+            };
+            pos += rec.consumed;
+            let skip = if member == "storages" {
+                // (key, location, storage_type): 8-byte element count, then the elements.
+                let elem = rec
+                    .arena
+                    .as_tuple(value)
+                    .and_then(|t| t.get(2))
+                    .and_then(|s| rec.arena.global_name(*s))
+                    .map(|(_, n)| storage_element_size(n));
+                let Some(Some(elem)) = elem else {
+                    out.findings.push(Finding::new(
+                        judge::rules::BROKEN_AFTER_CODE,
+                        Verdict::Inconclusive,
+                        "cannot tell the size of a storage record",
+                        Location::at(pos),
+                    ));
+                    return out;
+                };
+                let n = bytes
+                    .get(pos as usize..pos as usize + 8)
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+                n.and_then(|n| n.checked_mul(elem))
+                    .and_then(|d| d.checked_add(8))
+            } else {
+                // (key, storage_id, type), i32 ndim, 4 padding bytes, ndim sizes, ndim strides, offset.
+                let ndim = bytes
+                    .get(pos as usize..pos as usize + 4)
+                    .map(|b| i32::from_le_bytes(b.try_into().unwrap_or([0; 4])));
+                ndim.and_then(|n| u64::try_from(n).ok())
+                    .and_then(|n| n.checked_mul(16))
+                    .and_then(|d| d.checked_add(16))
+            };
+            match skip {
+                Some(s) if pos + s <= bytes.len() as u64 => pos += s,
+                _ => {
+                    out.findings.push(Finding::new(
+                        judge::rules::BROKEN_AFTER_CODE,
+                        Verdict::Inconclusive,
+                        "a raw record runs past the end of the member",
+                        Location::at(pos),
+                    ));
+                    return out;
+                }
+            }
+        }
+        out
+    }
+
+    // ---------- Keras HDF5, TensorFlow SavedModel ----------
+
+    fn scan_h5(&mut self, src: &dyn ReadAt) -> Outcome {
+        let cap = self.scanner.limits.archive.max_member_bytes;
+        if src.size() > cap {
+            return unreadable("HDF5 file", "larger than the member limit");
+        }
+        let bytes = match self.read(src, 0, src.size()) {
+            Ok(b) => b,
+            Err(e) => return unreadable("HDF5 file", &e.to_string()),
+        };
+        let (findings, notes) = crate::tf::scan_keras_h5(&bytes);
+        let mut out = Outcome::new(if notes.is_empty() { "keras-h5" } else { "hdf5" });
+        out.findings = findings;
+        out.notes = notes;
+        out
+    }
+
+    /// A file that is not a pickle may be a SavedModel protobuf (no magic number: it is one
+    /// when the whole file parses as one with graph nodes).
+    fn saved_model_view(&mut self, src: &dyn ReadAt) -> Option<Outcome> {
+        if src.size() > 256 << 20 {
+            return None;
+        }
+        let bytes = self.read(src, 0, src.size()).ok()?;
+        let findings = crate::tf::scan_saved_model(&bytes)?;
+        let mut out = Outcome::new("tf-savedmodel");
+        out.findings = findings;
+        Some(out)
+    }
+
+    // ---------- compressed wrappers and 7z ----------
+
+    fn scan_compressed(&mut self, src: &dyn ReadAt, kind: Compression, depth: u32) -> Outcome {
+        let cap = self.scanner.limits.archive.max_member_bytes;
+        let size = src.size();
+        if size > cap {
+            return unreadable(
+                &kind.to_string(),
+                "compressed file is larger than the member limit",
+            );
+        }
+        let raw = match self.read(src, 0, size) {
+            Ok(r) => r,
+            Err(e) => return unreadable(&kind.to_string(), &e.to_string()),
+        };
+        match decompress::decompress(kind, &raw, cap) {
+            Ok(inner) => {
+                let o = self.scan(&inner.as_slice(), depth + 1);
+                let mut out = Outcome::new(compressed_format(kind));
+                out.notes.push(format!("{kind}-compressed {}", o.format));
+                out.absorb(o, Some(&format!("<{kind}>")));
+                out
+            }
+            Err(e) => {
+                let mut out = Outcome::new(compressed_format(kind));
+                out.findings.push(Finding::new(
+                    fr::UNREADABLE,
+                    Verdict::Inconclusive,
+                    format!("cannot decompress: {e}"),
+                    Location::default(),
+                ));
+                out
+            }
+        }
+    }
+
+    fn scan_7z(&mut self, src: &dyn ReadAt, depth: u32) -> Outcome {
+        let mut out = Outcome::new("7z");
+        let cap = self.scanner.limits.archive.max_member_bytes;
+        if src.size() > cap {
+            return unreadable("7z archive", "larger than the member limit");
+        }
+        let raw = match self.read(src, 0, src.size()) {
+            Ok(r) => r,
+            Err(e) => return unreadable("7z archive", &e.to_string()),
+        };
+        // The decoder's own memory limit bounds dictionaries; every entry's output is capped
+        // here, and the total by the archive limit.
+        let mut reader = match sevenz_rust2::ArchiveReader::new_with_memory_limit(
+            std::io::Cursor::new(raw),
+            sevenz_rust2::Password::empty(),
+            256 * 1024,
+        ) {
+            Ok(r) => r,
+            Err(e) => return unreadable("7z archive", &e.to_string()),
+        };
+        let mut members: Vec<(String, Result<Vec<u8>, String>)> = Vec::new();
+        let mut total = 0u64;
+        let max_total = self.scanner.limits.archive.max_total_bytes;
+        let max_entries = self.scanner.limits.archive.max_entries;
+        let res = reader.for_each_entries(|entry, r| {
+            if entry.is_directory || !entry.has_stream {
+                return Ok(true);
+            }
+            if members.len() >= max_entries {
+                return Ok(false);
+            }
+            let mut buf = Vec::new();
+            let got = std::io::Read::read_to_end(&mut std::io::Read::take(r, cap + 1), &mut buf);
+            total += buf.len() as u64;
+            let item = match got {
+                Err(e) => Err(e.to_string()),
+                Ok(_) if buf.len() as u64 > cap => {
+                    Err(format!("member decompresses to more than {cap} bytes"))
+                }
+                Ok(_) => Ok(buf),
+            };
+            members.push((entry.name.clone(), item));
+            Ok(total <= max_total)
+        });
+        if let Err(e) = res {
+            out.findings.push(Finding::new(
+                fr::UNREADABLE,
+                Verdict::Inconclusive,
+                format!("cannot unpack 7z archive: {e}"),
+                Location::default(),
+            ));
+        }
+        if total > max_total {
+            out.findings.push(Finding::new(
+                fr::UNREADABLE,
+                Verdict::Inconclusive,
+                format!("7z archive decompresses to more than {max_total} bytes"),
+                Location::default(),
+            ));
+        }
+        for (name, item) in members {
+            match item {
+                Ok(bytes) => {
+                    self.bytes_read += bytes.len() as u64;
+                    if self.worth_reading(&bytes[..bytes.len().min(512)]) {
+                        let inner = self.scan_member(&bytes, Context::default(), depth);
+                        out.absorb(inner, Some(&name));
+                    }
+                }
+                Err(e) => out.findings.push(Finding::new(
+                    fr::UNREADABLE,
+                    Verdict::Inconclusive,
+                    format!("cannot read member: {e}"),
+                    Location::default().within(&name),
+                )),
+            }
+        }
+        out
+    }
+}
+
+fn compressed_format(kind: Compression) -> &'static str {
+    match kind {
+        Compression::Zlib => "zlib",
+        Compression::Gzip => "gzip",
+        Compression::Bzip2 => "bzip2",
+        Compression::Xz => "xz",
+        Compression::Lzma => "lzma",
+        Compression::Lz4 => "lz4",
+        Compression::Zstd => "zstd",
+        _ => "compressed",
+    }
+}
+
+/// Element size of a legacy typed storage class (`torch.FloatStorage` → 4).
+fn storage_element_size(name: &str) -> Option<u64> {
+    Some(match name {
+        "DoubleStorage" | "LongStorage" | "ComplexFloatStorage" => 8,
+        "FloatStorage" | "IntStorage" | "QInt32Storage" => 4,
+        "HalfStorage" | "BFloat16Storage" | "ShortStorage" => 2,
+        "CharStorage" | "ByteStorage" | "BoolStorage" | "QUInt8Storage" | "QInt8Storage"
+        | "QUInt4x2Storage" | "QUInt2x4Storage" => 1,
+        "ComplexDoubleStorage" => 16,
+        _ => return None,
+    })
+}
+
+/// A view of `src` from `start` on.
+struct Window<'a> {
+    src: &'a dyn ReadAt,
+    start: u64,
+}
+
+impl ReadAt for Window<'_> {
+    fn size(&self) -> u64 {
+        self.src.size().saturating_sub(self.start)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let at = self
+            .start
+            .checked_add(offset)
+            .ok_or_else(|| std::io::Error::other("offset overflows"))?;
+        self.src.read_exact_at(buf, at)
+    }
+}
+
+fn unreadable(what: &str, why: &str) -> Outcome {
+    let mut o = Outcome::new("unknown");
+    o.findings.push(Finding::new(
+        fr::UNREADABLE,
+        Verdict::Inconclusive,
+        format!("cannot read {what}: {why}"),
+        Location::default(),
+    ));
+    o
+}
+
+fn timeout() -> Finding {
+    Finding::new(
+        fr::TIMEOUT,
+        Verdict::Inconclusive,
+        "the per-file time budget ran out before the scan finished",
+        Location::default(),
+    )
+}
+
+fn bad_npy(why: &str) -> Finding {
+    Finding::new(
+        fr::BAD_NPY,
+        Verdict::Inconclusive,
+        format!("numpy header cannot be parsed: {why}"),
+        Location::default(),
+    )
+}
+
+/// Whether a `.npy` header's `descr` holds Python objects (`'|O'`, or `O` in a structured
+/// dtype); `None` if there is no `descr` key.
+fn descr_has_object(header: &str) -> Option<bool> {
+    let at = header
+        .find("'descr'")
+        .or_else(|| header.find("\"descr\""))?;
+    let rest = header[at + 7..]
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start();
+    if let Some(q) = rest.chars().next().filter(|c| *c == '\'' || *c == '"') {
+        let body = &rest[1..];
+        let end = body.find(q)?;
+        let d = &body[..end];
+        return Some(d.trim_start_matches(['<', '>', '|', '=']).starts_with('O'));
+    }
+    // A structured dtype: a list of (name, type) tuples; any object field makes it a pickle.
+    let end = rest
+        .find("'fortran_order'")
+        .or_else(|| rest.find("'shape'"))
+        .unwrap_or(rest.len());
+    let d = &rest[..end];
+    Some(d.contains("'O") || d.contains("|O") || d.contains("\"O") || d.contains("'|O"))
+}
+
+fn scan_torchscript_code(name: &str, bytes: &[u8], out: &mut Outcome) {
+    let text = String::from_utf8_lossy(bytes);
+    const KNOWN_OPS: &[&str] = &[
+        "aten",
+        "prim",
+        "quantized",
+        "_quantized",
+        "profiler",
+        "_caffe2",
+        "image",
+        "torchvision",
+        "sparse",
+        "fbgemm",
+        "mkldnn",
+        "_c10d_functional",
+        "c10d",
+    ];
+    for (i, line) in text.lines().enumerate() {
+        for word in [
+            "__import__",
+            "exec(",
+            "eval(",
+            "os.system",
+            "subprocess",
+            "builtins.",
+            "getattr(",
+            "open(",
+        ] {
+            if line.contains(word) {
+                out.findings.push(
+                    Finding::new(
+                        fr::TORCHSCRIPT_CODE,
+                        Verdict::Malicious,
+                        format!(
+                            "TorchScript code line {} reaches Python through '{word}'",
+                            i + 1
+                        ),
+                        Location::default().within(name),
+                    )
+                    .with_evidence(line.trim().chars().take(200).collect::<String>()),
+                );
+            }
+        }
+        let mut rest = line;
+        while let Some(p) = rest.find("torch.ops.") {
+            let after = &rest[p + 10..];
+            let ns: String = after
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !KNOWN_OPS.contains(&ns.as_str()) {
+                out.findings.push(
+                    Finding::new(fr::TORCHSCRIPT_CODE, Verdict::Suspicious, format!("TorchScript code line {} calls custom operator namespace torch.ops.{ns}, which needs native code loaded at run time", i + 1), Location::default().within(name))
+                        .with_evidence(line.trim().chars().take(200).collect::<String>()),
+                );
+            }
+            rest = after;
+        }
+    }
+}
+
+/// A pickle int as i128 (legacy magic check).
+fn int_value(arena: &Arena, id: Id) -> Option<i128> {
+    match arena.get(id) {
+        Value::Int(i) => Some(i128::from(*i)),
+        Value::BigInt(b) if b.len() <= 16 => {
+            let neg = b.last().is_some_and(|x| x & 0x80 != 0);
+            let mut buf = if neg { [0xffu8; 16] } else { [0u8; 16] };
+            buf[..b.len()].copy_from_slice(b);
+            Some(i128::from_le_bytes(buf))
+        }
+        _ => None,
+    }
+}
+
+/// joblib's `NumpyUnpickler`: after `BUILD` of a `NumpyArrayWrapper`, `read_array` reads the
+/// array from the stream (`joblib/numpy_pickle.py`): an object array is a whole nested pickle,
+/// anything else is `prod(shape) * itemsize` raw bytes, preceded by an alignment pad when the
+/// wrapper has `numpy_array_alignment_bytes`.
+#[derive(Debug, Default)]
+struct JoblibHook;
+
+impl Hook for JoblibHook {
+    fn after_build(
+        &mut self,
+        arena: &Arena,
+        input: &[u8],
+        target: Id,
+    ) -> Result<AfterBuild, String> {
+        let Value::Call {
+            callee,
+            state: Some(state),
+            ..
+        } = arena.get(target)
+        else {
+            return Ok(AfterBuild::Continue);
+        };
+        if arena.global_name(*callee) != Some(("joblib.numpy_pickle", "NumpyArrayWrapper")) {
+            return Ok(AfterBuild::Continue);
+        }
+        let Value::Dict(items) = arena.get(*state) else {
+            return Err("NumpyArrayWrapper state is not a dict".into());
+        };
+        let get = |key: &str| {
+            items
+                .iter()
+                .find(|(k, _)| arena.as_str(*k) == Some(key))
+                .map(|(_, v)| *v)
+        };
+        let dtype = get("dtype").ok_or("NumpyArrayWrapper has no dtype")?;
+        let shape = get("shape").ok_or("NumpyArrayWrapper has no shape")?;
+        let padded = get("numpy_array_alignment_bytes")
+            .is_some_and(|v| !matches!(arena.get(v), Value::None));
+        let itemsize = match dtype_itemsize(arena, input, dtype)? {
+            None => return Ok(AfterBuild::NestedPickle),
+            Some(n) => n,
+        };
+        let mut count: u64 = 1;
+        for d in arena
+            .as_tuple(shape)
+            .ok_or("NumpyArrayWrapper shape is not a tuple")?
+        {
+            let d = arena
+                .as_int(*d)
+                .and_then(|d| u64::try_from(d).ok())
+                .ok_or("NumpyArrayWrapper shape is not integers")?;
+            count = count.checked_mul(d).ok_or("array size overflows")?;
+        }
+        let bytes = count.checked_mul(itemsize).ok_or("array size overflows")?;
+        Ok(if padded {
+            AfterBuild::SkipPadded(bytes)
+        } else {
+            AfterBuild::SkipBytes(bytes)
+        })
+    }
+}
+
+/// Item size of `numpy.dtype('f8', False, True)`; `None` for object dtypes.
+fn dtype_itemsize(arena: &Arena, input: &[u8], dtype: Id) -> Result<Option<u64>, String> {
+    let _ = input;
+    let Value::Call { callee, args, .. } = arena.get(dtype) else {
+        return Err("array dtype is not a numpy.dtype".into());
+    };
+    match arena.global_name(*callee) {
+        Some(("numpy", "dtype")) => {}
+        Some((m, _)) if m.starts_with("numpy.dtypes") => {}
+        _ => return Err("array dtype is not a numpy.dtype".into()),
+    }
+    let spec = arena
+        .as_tuple(*args)
+        .and_then(|t| t.first())
+        .and_then(|s| arena.as_str(*s))
+        .ok_or("dtype spec is not a string")?;
+    let spec = spec.trim_start_matches(['<', '>', '|', '=']);
+    let (kind, digits) = spec.split_at(
+        spec.find(|c: char| c.is_ascii_digit())
+            .unwrap_or(spec.len()),
+    );
+    let n: u64 = if digits.is_empty() {
+        0
+    } else {
+        digits
+            .split('[')
+            .next()
+            .unwrap_or("")
+            .parse()
+            .map_err(|_| format!("dtype '{spec}' has no size"))?
+    };
+    Ok(Some(match kind {
+        "O" => return Ok(None),
+        "b" | "i" | "u" | "f" | "c" | "S" | "V" | "a" if n > 0 => n,
+        "M" | "m" => 8,
+        "U" => n.checked_mul(4).ok_or("dtype size overflows")?,
+        "?" => 1,
+        _ => return Err(format!("dtype '{spec}' is not understood")),
+    }))
+}

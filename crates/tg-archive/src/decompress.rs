@@ -3,7 +3,9 @@
 //!
 //! Every decoder writes through a sink that refuses byte `max_out + 1`, so a bomb costs at most
 //! `max_out + 1` bytes of output memory (plus the decoder's own window) before
-//! [`DecompressError::TooLarge`]. All decoders are pure Rust.
+//! [`DecompressError::TooLarge`]. All decoders are pure Rust. They may be more lenient than
+//! Python's modules on malformed input (e.g. a deflate back-reference before the start of the
+//! stream); for a scanner that errs on the side of seeing more, which is safe.
 
 use std::fmt;
 use std::io::{self, Read, Write};

@@ -29,10 +29,19 @@
 //! - `mz_zip_reader_extract_to_mem` (`..._no_alloc1`): the data starts after the *local* name
 //!   and extra lengths; only stored (0) and deflate (8) are supported (miniz has no other
 //!   decompressor); a stored member yields `uncompressed_size` bytes whatever its compressed
-//!   size; a deflated member must inflate to exactly `uncompressed_size`; members with a zero
+//!   size; a deflated member must inflate to exactly `uncompressed_size` with tinfl's
+//!   non-wrapping output buffer (so a back-reference before the start of the output fails, as
+//!   it does in zlib, instead of reading zeros; this crate uses miniz_oxide's port of tinfl in
+//!   the same mode, and allocates the declared size only after the [`Limits`] checks, as miniz
+//!   allocates it before extracting); members with a zero
 //!   compressed size or a folder name are "extracted" without reading. PyTorch compiles miniz
 //!   with `MINIZ_DISABLE_ZIP_READER_CRC32_CHECKS` (pytorch#28858), so CRCs are ignored: this
 //!   crate computes them and reports a mismatch ([`Member::crc_mismatch`]) instead of failing.
+//!
+//! Conformance is tested, not assumed: `tests/miniz_crosscheck/` holds C harnesses over the
+//! real miniz 3.0.2; name lookups recorded from it are replayed in the default test run, and an
+//! ignored differential test compares open/read outcomes, lengths and CRCs on thousands of
+//! mutated archives. The tar reader is replayed against names recorded from CPython's `tarfile`.
 //!
 //! On top of that, [`ZipArchive::open`] reads every local header and records every
 //! [`Anomaly`] that lets two readers disagree (duplicate or case-duplicate names, local/central

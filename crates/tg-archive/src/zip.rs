@@ -202,6 +202,7 @@ pub struct Entry {
     /// Zero when the local header could not be read.
     pub data_offset: u64,
     local_ok: bool,
+    metadata_ok: bool,
 }
 
 impl Entry {
@@ -217,6 +218,13 @@ impl Entry {
     pub fn refused_by_miniz(&self) -> bool {
         self.flags & FLAGS_REFUSED_BY_MINIZ != 0
             || !matches!(self.method, METHOD_STORED | METHOD_DEFLATED)
+    }
+
+    /// Whether miniz's `mz_zip_reader_file_stat` succeeds for this entry (it fails on a
+    /// malformed zip64 extra field, and then torch cannot read the member; neither can
+    /// [`ZipArchive::read`]).
+    pub fn metadata_ok(&self) -> bool {
+        self.metadata_ok
     }
 
     /// miniz's `mz_zip_reader_is_file_a_directory`: the name ends in `/` or the DOS directory
@@ -382,6 +390,12 @@ pub enum Anomaly {
         /// Bytes actually present.
         available: u64,
     },
+    /// A member whose zip64 extra field is malformed: miniz opens the archive but fails any
+    /// use of this member (Python's `zipfile` refuses the whole archive).
+    MalformedEntry {
+        /// Member name.
+        name: String,
+    },
     /// More anomalies were found than are recorded.
     AnomalyLimit,
 }
@@ -411,6 +425,7 @@ impl Anomaly {
             | Anomaly::UnsupportedMethod { .. }
             | Anomaly::CommentPresent { .. }
             | Anomaly::CommentTruncated { .. }
+            | Anomaly::MalformedEntry { .. }
             | Anomaly::AnomalyLimit => false,
         }
     }
@@ -524,6 +539,9 @@ impl fmt::Display for Anomaly {
                 f,
                 "archive comment declares {declared} bytes but {available} remain"
             ),
+            Anomaly::MalformedEntry { name } => {
+                write!(f, "member {name:?} has a malformed zip64 extra field")
+            }
             Anomaly::AnomalyLimit => write!(f, "more anomalies than recorded"),
         }
     }
@@ -841,8 +859,10 @@ impl<R: ReadAt> ZipArchive<R> {
         }
         let mut entries = Vec::with_capacity(total as usize);
         let mut pos = 0usize;
+        let mut zip64_seen = false;
         for index in 0..total as usize {
-            let (entry, len) = parse_central(&cdir, pos, index, cdir_ofs, disk, size)?;
+            let (entry, len) =
+                parse_central(&cdir, pos, index, cdir_ofs, disk, size, &mut zip64_seen)?;
             entries.push(entry);
             pos += len;
         }
@@ -878,7 +898,13 @@ impl<R: ReadAt> ZipArchive<R> {
         }
 
         for entry in &mut entries {
-            check_local(&src, size, entry, &mut sink)?;
+            if entry.metadata_ok {
+                check_local(&src, size, entry, &mut sink)?;
+            } else {
+                sink.push(Anomaly::MalformedEntry {
+                    name: entry.name.clone(),
+                });
+            }
         }
 
         let sorted = miniz_heap_sort(&entries);
@@ -1080,6 +1106,12 @@ impl<R: ReadAt> ZipArchive<R> {
                 method: entry.method,
             });
         }
+        if !entry.metadata_ok {
+            return Err(ZipError::Corrupt {
+                what: "malformed zip64 extra field",
+                offset: entry.local_header_offset,
+            });
+        }
         if !entry.local_ok {
             return Err(ZipError::BadLocalHeader {
                 name: name(),
@@ -1129,10 +1161,17 @@ impl<R: ReadAt> ZipArchive<R> {
             return Ok(out);
         }
 
-        let mut inflate = flate2::Decompress::new(false);
-        let mut out: Vec<u8> = Vec::with_capacity(want.min(1 << 20) as usize);
+        // `tinfl_decompress` with `TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF` into a buffer of
+        // exactly the declared size, fed in 64 KiB reads, as `mz_zip_reader_extract_to_mem`
+        // does. The buffer is allocated only after the member, ratio and budget checks.
+        use miniz_oxide::inflate::TINFLStatus;
+        use miniz_oxide::inflate::core::inflate_flags::{
+            TINFL_FLAG_HAS_MORE_INPUT, TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF,
+        };
+        let mut out = vec![0u8; want as usize];
+        let mut out_pos = 0usize;
+        let mut inflater = Box::<miniz_oxide::inflate::core::DecompressorOxide>::default();
         let mut inbuf = vec![0u8; (entry.compressed_size.min(IO_CHUNK as u64)) as usize];
-        let mut chunk = vec![0u8; IO_CHUNK];
         let (mut in_pos, mut in_len) = (0usize, 0usize);
         let mut file_pos = entry.data_offset;
         let mut comp_left = entry.compressed_size;
@@ -1151,57 +1190,54 @@ impl<R: ReadAt> ZipArchive<R> {
                 in_pos = 0;
                 in_len = n;
             }
-            let produced_so_far = out.len() as u64;
-            // In exact mode, leave room for one byte more than declared, to detect it.
-            let room = if exact {
-                want.saturating_add(1) - produced_so_far
-            } else {
-                want - produced_so_far
-            };
-            if room == 0 {
-                break;
+            let mut flags = TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF;
+            if comp_left > 0 {
+                flags |= TINFL_FLAG_HAS_MORE_INPUT;
             }
-            let room = room.min(chunk.len() as u64) as usize;
-            // Never `Finish`: with it the backend fails when the output buffer fills first.
-            let flush = flate2::FlushDecompress::None;
-            let (in0, out0) = (inflate.total_in(), inflate.total_out());
-            let status = inflate
-                .decompress(&inbuf[in_pos..in_len], &mut chunk[..room], flush)
-                .map_err(|e| bad(e.to_string()))?;
-            let consumed = (inflate.total_in() - in0) as usize;
-            let produced = (inflate.total_out() - out0) as usize;
+            let (status, consumed, produced) = miniz_oxide::inflate::core::decompress(
+                &mut inflater,
+                &inbuf[in_pos..in_len],
+                &mut out,
+                out_pos,
+                flags,
+            );
             in_pos += consumed;
-            out.extend_from_slice(&chunk[..produced]);
-            if exact && out.len() as u64 > want {
-                return Err(ZipError::SizeMismatch {
-                    name: name(),
-                    declared: want,
-                    actual_at_least: out.len() as u64,
-                    more: true,
-                });
+            out_pos += produced;
+            if consumed == 0
+                && produced == 0
+                && in_pos < in_len
+                && matches!(status, TINFLStatus::NeedsMoreInput)
+            {
+                return Err(bad("deflate stream made no progress".to_owned()));
             }
-            if status == flate2::Status::StreamEnd {
-                break;
-            }
-            // Input is refilled before every call, so no progress means the data ended (or the
-            // decoder is stuck); either way the member cannot be read.
-            if consumed == 0 && produced == 0 {
-                let message = if in_pos == in_len && comp_left == 0 {
-                    "truncated deflate stream"
-                } else {
-                    "deflate stream made no progress"
-                };
-                return Err(bad(message.to_owned()));
+            match status {
+                TINFLStatus::Done => break,
+                TINFLStatus::NeedsMoreInput if in_pos < in_len || comp_left > 0 => {}
+                TINFLStatus::HasMoreOutput if exact => {
+                    return Err(ZipError::SizeMismatch {
+                        name: name(),
+                        declared: want,
+                        actual_at_least: out_pos as u64 + 1,
+                        more: true,
+                    });
+                }
+                // A prefix read with a full buffer.
+                TINFLStatus::HasMoreOutput => break,
+                TINFLStatus::NeedsMoreInput | TINFLStatus::FailedCannotMakeProgress => {
+                    return Err(bad("truncated deflate stream".to_owned()));
+                }
+                other => return Err(bad(format!("{other:?}"))),
             }
         }
-        if exact && out.len() as u64 != want {
+        if exact && out_pos as u64 != want {
             return Err(ZipError::SizeMismatch {
                 name: name(),
                 declared: want,
-                actual_at_least: out.len() as u64,
+                actual_at_least: out_pos as u64,
                 more: false,
             });
         }
+        out.truncate(out_pos);
         Ok(out)
     }
 
@@ -1249,6 +1285,9 @@ fn locate_eocd<R: ReadAt>(src: &R, size: u64) -> Result<u64, ZipError> {
 
 /// One central header, with the checks of `mz_zip_reader_read_central_dir` and the zip64
 /// resolution of `mz_zip_file_stat_internal`. Returns the entry and the header's length.
+///
+/// `zip64_seen` is miniz's `m_zip64_has_extended_info_fields`: once one entry had a zip64
+/// extra field, the open-time walk of extra fields is skipped for the rest.
 fn parse_central(
     cdir: &[u8],
     pos: usize,
@@ -1256,6 +1295,7 @@ fn parse_central(
     cdir_ofs: u64,
     disk: u64,
     size: u64,
+    zip64_seen: &mut bool,
 ) -> Result<(Entry, usize), ZipError> {
     let at = cdir_ofs + pos as u64;
     let corrupt = |what| ZipError::Corrupt { what, offset: at };
@@ -1299,14 +1339,42 @@ fn parse_central(
     }
     let raw_name = p[CDH_SIZE..CDH_SIZE + name_len].to_vec();
     let extra = &p[CDH_SIZE + name_len..CDH_SIZE + name_len + extra_len];
-    if compressed.max(uncompressed).max(local_header_offset) == max32 {
-        apply_zip64_extra(
+    let needs_zip64 = compressed.max(uncompressed).max(local_header_offset) == max32;
+    if needs_zip64 && !*zip64_seen && extra_len > 0 {
+        // The open-time walk in `mz_zip_reader_read_central_dir`: malformed fields fail the
+        // archive, a zip64 field stops the walk (for this and every later entry).
+        let mut rest = extra;
+        while !rest.is_empty() {
+            if rest.len() < 4 {
+                return Err(corrupt("truncated extra field"));
+            }
+            let len = usize::from(le16(rest, 2));
+            if len + 4 > rest.len() {
+                return Err(corrupt("extra field overruns its header"));
+            }
+            if le16(rest, 0) == ZIP64_EXTRA_ID {
+                *zip64_seen = true;
+                break;
+            }
+            rest = &rest[4 + len..];
+        }
+    }
+    // `mz_zip_file_stat_internal` resolves the 64-bit values only when a member is used, and
+    // fails that member alone when the field is malformed.
+    let (mut u64_uncompressed, mut u64_compressed, mut u64_offset) =
+        (uncompressed, compressed, local_header_offset);
+    let metadata_ok = !needs_zip64
+        || apply_zip64_extra(
             extra,
-            &mut uncompressed,
-            &mut compressed,
-            Some(&mut local_header_offset),
+            &mut u64_uncompressed,
+            &mut u64_compressed,
+            Some(&mut u64_offset),
             at,
-        )?;
+        )
+        .is_ok();
+    if metadata_ok {
+        (uncompressed, compressed, local_header_offset) =
+            (u64_uncompressed, u64_compressed, u64_offset);
     }
     let entry = Entry {
         index,
@@ -1321,6 +1389,7 @@ fn parse_central(
         local_header_offset,
         data_offset: 0,
         local_ok: false,
+        metadata_ok,
     };
     Ok((entry, total_len))
 }

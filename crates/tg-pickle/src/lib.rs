@@ -11,6 +11,8 @@
 //! strings near `STACK_GLOBAL`: memo confusion, decoy strings, `STACK_GLOBAL` fed through the
 //! memo and `OBJ`+`POP` call hiding all become ordinary data flow.
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod machine;
 pub mod names;
 mod op;

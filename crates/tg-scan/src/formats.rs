@@ -286,8 +286,11 @@ impl Cx<'_> {
                 }
             };
             let stopped = a.stopped();
+            // A stream that fails before importing anything executed nothing; one that hit a
+            // resource cap first is not understood, which is inconclusive, never clean.
+            let inert = !stopped && !a.touched_code() && matches!(a.end, End::Error { .. });
             if index == 0 {
-                if !stopped && !a.touched_code() {
+                if inert {
                     let mut o = Outcome::new("not-a-model");
                     let why = match &a.end {
                         End::Error { message, .. } => message.clone(),
@@ -307,7 +310,7 @@ impl Cx<'_> {
                     legacy = true;
                     out.format = "pytorch-legacy";
                 }
-            } else if !stopped && !a.touched_code() {
+            } else if inert {
                 // Trailing bytes that are not another pickle: nothing reads them as one.
                 if !legacy {
                     out.notes.push(format!(
@@ -413,7 +416,7 @@ impl Cx<'_> {
             .flatten()
         {
             done.insert(entry.index);
-            match zip.read(entry) {
+            match read_checked(zip, entry, &mut out) {
                 Ok(bytes) => {
                     self.bytes_read += bytes.len() as u64;
                     let o = self.scan_stream(&bytes.as_slice(), ctx, "pickle");
@@ -464,7 +467,7 @@ impl Cx<'_> {
             let is_code =
                 torchscript && entry.name.contains("/code/") && entry.name.ends_with(".py");
             if is_code {
-                if let Ok(bytes) = zip.read(entry) {
+                if let Ok(bytes) = read_checked(zip, entry, &mut out) {
                     self.bytes_read += bytes.len() as u64;
                     scan_torchscript_code(&entry.name, &bytes, &mut out);
                 }
@@ -473,10 +476,13 @@ impl Cx<'_> {
             if !self.worth_reading(&head) {
                 continue;
             }
-            match zip.read(entry) {
+            match read_checked(zip, entry, &mut out) {
                 Ok(bytes) => {
                     self.bytes_read += bytes.len() as u64;
                     let inner = self.scan_member(&bytes, ctx, depth);
+                    if inner.format == "not-a-model" {
+                        continue; // bytes no loader unpickles: nothing to say about them
+                    }
                     out.absorb(inner, Some(&entry.name));
                 }
                 Err(e) => out.findings.push(Finding::new(
@@ -907,6 +913,25 @@ impl Cx<'_> {
     }
 }
 
+/// Read a zip member like torch does (CRC ignored), but report a CRC mismatch: Python's
+/// `zipfile` refuses such a member while torch loads it (CVE-2025-10156).
+fn read_checked<R: ReadAt>(
+    zip: &ZipArchive<R>,
+    entry: &tg_archive::Entry,
+    out: &mut Outcome,
+) -> Result<Vec<u8>, tg_archive::ZipError> {
+    let m = zip.read_member(entry)?;
+    if let Some(an) = m.crc_mismatch {
+        out.findings.push(Finding::new(
+            fr::HOSTILE_ARCHIVE,
+            Verdict::Suspicious,
+            format!("{an}: torch loads this member while zipfile-based tools refuse it"),
+            Location::default().within(&entry.name),
+        ));
+    }
+    Ok(m.data)
+}
+
 fn compressed_format(kind: Compression) -> &'static str {
     match kind {
         Compression::Zlib => "zlib",
@@ -982,29 +1007,32 @@ fn bad_npy(why: &str) -> Finding {
     )
 }
 
-/// Whether a `.npy` header's `descr` holds Python objects (`'|O'`, or `O` in a structured
-/// dtype); `None` if there is no `descr` key.
+/// Whether a `.npy` header's `descr` holds Python objects; `None` if the header is not the
+/// dict literal numpy writes. numpy reads the header with `ast.literal_eval` and the descr with
+/// `numpy.dtype(...)`, so escapes are decoded first and any descr that is not a plain numeric
+/// type is treated as one that may hold objects (scanning plain bytes as a pickle is harmless).
 fn descr_has_object(header: &str) -> Option<bool> {
-    let at = header
-        .find("'descr'")
-        .or_else(|| header.find("\"descr\""))?;
-    let rest = header[at + 7..]
-        .trim_start()
-        .strip_prefix(':')?
-        .trim_start();
-    if let Some(q) = rest.chars().next().filter(|c| *c == '\'' || *c == '"') {
-        let body = &rest[1..];
-        let end = body.find(q)?;
-        let d = &body[..end];
-        return Some(d.trim_start_matches(['<', '>', '|', '=']).starts_with('O'));
+    let lit = crate::literal::parse(header.trim_end_matches(['\n', ' ', '\0']))?;
+    let descr = lit.dict_get("descr")?;
+    Some(crate::literal::descr_may_hold_objects(descr))
+}
+
+/// The offset just past the next `torch.ops.` or `ops.` (how saved TorchScript code spells
+/// operator calls, `python_print.cpp`), when `ops` starts a name.
+fn find_ops(s: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(p) = s[from..].find("ops.") {
+        let at = from + p;
+        let starts_name = s[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '.'));
+        if starts_name || s[..at].ends_with("torch.") {
+            return Some(at + 4);
+        }
+        from = at + 4;
     }
-    // A structured dtype: a list of (name, type) tuples; any object field makes it a pickle.
-    let end = rest
-        .find("'fortran_order'")
-        .or_else(|| rest.find("'shape'"))
-        .unwrap_or(rest.len());
-    let d = &rest[..end];
-    Some(d.contains("'O") || d.contains("|O") || d.contains("\"O") || d.contains("'|O"))
+    None
 }
 
 fn scan_torchscript_code(name: &str, bytes: &[u8], out: &mut Outcome) {
@@ -1051,8 +1079,8 @@ fn scan_torchscript_code(name: &str, bytes: &[u8], out: &mut Outcome) {
             }
         }
         let mut rest = line;
-        while let Some(p) = rest.find("torch.ops.") {
-            let after = &rest[p + 10..];
+        while let Some(p) = find_ops(rest) {
+            let after = &rest[p..];
             let ns: String = after
                 .chars()
                 .take_while(|c| c.is_alphanumeric() || *c == '_')
@@ -1066,6 +1094,12 @@ fn scan_torchscript_code(name: &str, bytes: &[u8], out: &mut Outcome) {
             rest = after;
         }
     }
+}
+
+/// `module.name` of a global, so `joblib` + `numpy_pickle.X` equals `joblib.numpy_pickle` + `X`
+/// (protocol 4 `find_class` walks dotted names).
+fn full_name(arena: &Arena, id: Id) -> Option<String> {
+    arena.global_name(id).map(|(m, n)| format!("{m}.{n}"))
 }
 
 /// A pickle int as i128 (legacy magic check).
@@ -1104,15 +1138,17 @@ impl Hook for JoblibHook {
         else {
             return Ok(AfterBuild::Continue);
         };
-        if arena.global_name(*callee) != Some(("joblib.numpy_pickle", "NumpyArrayWrapper")) {
+        if full_name(arena, *callee).as_deref() != Some("joblib.numpy_pickle.NumpyArrayWrapper") {
             return Ok(AfterBuild::Continue);
         }
         let Value::Dict(items) = arena.get(*state) else {
             return Err("NumpyArrayWrapper state is not a dict".into());
         };
+        // A dict keeps the last value of a repeated key.
         let get = |key: &str| {
             items
                 .iter()
+                .rev()
                 .find(|(k, _)| arena.as_str(*k) == Some(key))
                 .map(|(_, v)| *v)
         };
@@ -1150,9 +1186,9 @@ fn dtype_itemsize(arena: &Arena, input: &[u8], dtype: Id) -> Result<Option<u64>,
     let Value::Call { callee, args, .. } = arena.get(dtype) else {
         return Err("array dtype is not a numpy.dtype".into());
     };
-    match arena.global_name(*callee) {
-        Some(("numpy", "dtype")) => {}
-        Some((m, _)) if m.starts_with("numpy.dtypes") => {}
+    match full_name(arena, *callee).as_deref() {
+        Some("numpy.dtype") => {}
+        Some(n) if n.starts_with("numpy.dtypes.") => {}
         _ => return Err("array dtype is not a numpy.dtype".into()),
     }
     let spec = arena

@@ -16,6 +16,7 @@
 mod danger;
 mod formats;
 mod judge;
+mod literal;
 pub mod policy;
 mod tf;
 

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod output;
+mod record;
 
 /// trainguard keeps shared ML training infrastructure safe from poisoned files and insiders.
 ///
@@ -37,13 +38,20 @@ struct Cli {
 enum Command {
     /// Statically scan model files for code that runs on load (never executes them).
     Scan(cmd::scan::Args),
+    /// Sign a manifest of every file in a model or checkpoint directory (OpenSSF Model Signing).
+    Seal(cmd::seal::SealArgs),
+    /// Verify a directory against its signed manifest; names every missing, extra, changed file.
+    Verify(cmd::seal::VerifyArgs),
+    /// Create an ECDSA key pair for `seal` and `verify`.
+    Keygen(cmd::seal::KeygenArgs),
+    /// Verify, show and prove the append-only ledger of what trainguard did.
+    Ledger(cmd::ledger::Args),
 }
 
 /// What every verb gets besides its own arguments.
 #[derive(Debug)]
 pub(crate) struct Context {
     /// `--ledger PATH` or `TRAINGUARD_LEDGER`, when set.
-    #[expect(dead_code, reason = "read by the verbs that record to the ledger")]
     pub(crate) ledger: Option<PathBuf>,
 }
 
@@ -65,5 +73,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = Context { ledger: cli.ledger };
     match cli.command {
         Command::Scan(args) => cmd::scan::run(args, &ctx),
+        Command::Seal(args) => cmd::seal::run_seal(args, &ctx),
+        Command::Verify(args) => cmd::seal::run_verify(args, &ctx),
+        Command::Keygen(args) => cmd::seal::run_keygen(args, &ctx),
+        Command::Ledger(args) => cmd::ledger::run(args, &ctx),
     }
 }

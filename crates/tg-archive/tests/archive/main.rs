@@ -7,6 +7,8 @@ mod support;
 mod corpus;
 /// Bounded decompression and sniffing.
 mod decompress;
+/// Differential check against miniz 3.0.2 itself (ignored: needs the C harness built).
+mod miniz_diff;
 /// Deterministic mutations of valid archives through the fuzz body.
 mod mutation;
 /// Tar archives in the legacy torch layout.

@@ -512,3 +512,46 @@ fn deflated_member_with_truncated_stream_fails_cleanly() {
     let err = zip.read(&zip.entries()[0]).unwrap_err();
     assert!(matches!(err, ZipError::Inflate { .. }), "{err}");
 }
+
+/// A fixed-Huffman deflate block whose first symbol copies 3 bytes from distance 1, before the
+/// start of the output. zlib and miniz's tinfl (non-wrapping buffer, as PyTorch reads) reject
+/// it; a wrapping-window inflater would return three zero bytes instead.
+fn deflate_with_distance_before_start() -> Vec<u8> {
+    let mut bits: Vec<bool> = vec![true, true, false]; // BFINAL, BTYPE=01 (LSB first)
+    let mut code = |value: u32, len: u32| {
+        for i in (0..len).rev() {
+            bits.push(value >> i & 1 == 1);
+        }
+    };
+    code(0b000_0001, 7); // length symbol 257: length 3
+    code(0, 5); // distance symbol 0: distance 1
+    code(0, 7); // end of block
+    let mut out = vec![0u8; bits.len().div_ceil(8)];
+    for (i, b) in bits.iter().enumerate() {
+        if *b {
+            out[i / 8] |= 1 << (i % 8);
+        }
+    }
+    out
+}
+
+#[test]
+fn back_reference_before_the_output_start_is_refused_like_tinfl() {
+    let mut m = Member::deflated("archive/data.pkl", &[0, 0, 0]);
+    m.data = crate::support::Data::Bytes(deflate_with_distance_before_start());
+    let bytes = ZipBuilder::new(vec![m]).build();
+    let zip = open(&bytes);
+    let err = zip.read(&zip.entries()[0]).unwrap_err();
+    assert!(matches!(err, ZipError::Inflate { .. }), "{err}");
+    // The same block after one literal is valid: "a" then copy 3 from distance 1.
+    let good = {
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut e, b"aaaa").unwrap();
+        e.finish().unwrap()
+    };
+    let mut m = Member::deflated("archive/data.pkl", b"aaaa");
+    m.data = crate::support::Data::Bytes(good);
+    let bytes = ZipBuilder::new(vec![m]).build();
+    let zip = open(&bytes);
+    assert_eq!(zip.read(&zip.entries()[0]).unwrap(), b"aaaa");
+}

@@ -1,3 +1,5 @@
 //! One module per verb. Each has an `Args` (clap) and a `run(args, ctx) -> Result<ExitCode>`.
 
+pub(crate) mod ledger;
 pub(crate) mod scan;
+pub(crate) mod seal;

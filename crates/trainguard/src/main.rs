@@ -46,6 +46,9 @@ enum Command {
     Keygen(cmd::seal::KeygenArgs),
     /// Verify, show and prove the append-only ledger of what trainguard did.
     Ledger(cmd::ledger::Args),
+    /// Check a Python environment's integrity (RECORD hashes, unrecorded files, start-up hooks)
+    /// or snapshot it as a baseline.
+    Env(cmd::env::Args),
 }
 
 /// What every verb gets besides its own arguments.
@@ -77,5 +80,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => cmd::seal::run_verify(args, &ctx),
         Command::Keygen(args) => cmd::seal::run_keygen(args, &ctx),
         Command::Ledger(args) => cmd::ledger::run(args, &ctx),
+        Command::Env(args) => cmd::env::run(args, &ctx),
     }
 }

@@ -17,13 +17,6 @@ pub(crate) const KEY_ENV: &str = "TRAINGUARD_LEDGER_KEY";
 /// Append what a verb did to the ledger named by `ctx.ledger`; do nothing when none is set.
 ///
 /// `digests` are `(algorithm or file, hex)` pairs.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "called by the verbs as each one is wired to the ledger"
-    )
-)]
 pub(crate) fn record(
     ctx: &crate::Context,
     verb: &str,
@@ -45,6 +38,58 @@ pub(crate) fn record(
     Ok(())
 }
 
+/// One thing a verb did, for [`record_many`].
+pub(crate) struct Record {
+    /// The file or directory acted on.
+    pub(crate) path: PathBuf,
+    /// `(algorithm or file, hex)` pairs.
+    pub(crate) digests: Vec<(String, String)>,
+    /// The verdict.
+    pub(crate) verdict: String,
+}
+
+/// Append many entries in one transaction (one signed head per entry, one fsync for all):
+/// `scan` of a directory records every file this way. A no-op when no ledger is set.
+pub(crate) fn record_many(
+    ctx: &crate::Context,
+    verb: &str,
+    items: &[Record],
+) -> anyhow::Result<()> {
+    let Some(ledger) = &ctx.ledger else {
+        return Ok(());
+    };
+    if items.is_empty() {
+        return Ok(());
+    }
+    let (user, uid) = who();
+    let host = host();
+    let entries: Vec<Entry> = items
+        .iter()
+        .map(|r| Entry {
+            time_ms: tg_ledger::now_ms(),
+            user: user.clone(),
+            uid,
+            host: host.clone(),
+            verb: verb.to_owned(),
+            path: absolute(&r.path),
+            digests: r
+                .digests
+                .iter()
+                .map(|(name, hex)| Digest {
+                    name: name.clone(),
+                    hex: hex.clone(),
+                })
+                .collect(),
+            verdict: r.verdict.clone(),
+        })
+        .collect();
+    let mut writer = Ledger::<Writer>::open(ledger, &key_path(ledger, None))?;
+    writer
+        .append_all(&entries)
+        .with_context(|| format!("could not record `{verb}` to ledger {}", ledger.display()))?;
+    Ok(())
+}
+
 /// Append one entry with an explicit key; returns the receipt (used by `ledger append`).
 pub(crate) fn append(
     ledger: &Path,
@@ -61,7 +106,7 @@ pub(crate) fn append(
         uid,
         host: host(),
         verb: verb.to_owned(),
-        path: path.to_string_lossy().into_owned(),
+        path: absolute(path),
         digests: digests
             .iter()
             .map(|(name, hex)| Digest {
@@ -76,6 +121,15 @@ pub(crate) fn append(
         .append(&entry)
         .with_context(|| format!("could not record `{verb}` to ledger {}", ledger.display()))?;
     Ok(receipt)
+}
+
+/// The path as an absolute path (without touching the file system), so ledger entries from
+/// different working directories name the same file the same way.
+fn absolute(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The key file: `explicit` (from `--key`), else `TRAINGUARD_LEDGER_KEY`, else `LEDGER.key`.

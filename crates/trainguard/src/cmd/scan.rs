@@ -123,7 +123,7 @@ pub(crate) struct Args {
     timeout: u64,
 }
 
-pub(crate) fn run(args: Args, _ctx: &Context) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut policy = Policy::new(match args.policy {
         PolicyName::WeightsOnly => Base::WeightsOnly,
@@ -185,7 +185,15 @@ pub(crate) fn run(args: Args, _ctx: &Context) -> anyhow::Result<ExitCode> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    reports.iter().for_each(|_| {});
+    let records: Vec<crate::record::Record> = reports
+        .iter()
+        .map(|r| crate::record::Record {
+            path: PathBuf::from(&r.path),
+            digests: Vec::new(),
+            verdict: r.verdict.to_string(),
+        })
+        .collect();
+    crate::record::record_many(ctx, "scan", &records)?;
     errors.sort();
     for e in &errors {
         output::error(e);

@@ -146,7 +146,7 @@ fn human_bytes(n: u64) -> String {
 }
 
 /// `trainguard seal`.
-pub(crate) fn run_seal(args: SealArgs, _ctx: &Context) -> anyhow::Result<ExitCode> {
+pub(crate) fn run_seal(args: SealArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let key = SigningKey::read_pem_file(&args.private_key)?;
     let signature = args.common.signature_path();
     let opts = args.common.options(&signature)?;
@@ -154,6 +154,13 @@ pub(crate) fn run_seal(args: SealArgs, _ctx: &Context) -> anyhow::Result<ExitCod
     let bundle = tg_seal::sign(&manifest, &key)?;
     bundle.write(&signature)?;
     let root = manifest.root_digest();
+    crate::record::record(
+        ctx,
+        "seal",
+        &args.common.dir,
+        &[("sha256-root".into(), root.to_string())],
+        "sealed",
+    )?;
     match args.common.format {
         Format::Human => {
             output::data(&format!(
@@ -185,7 +192,7 @@ pub(crate) fn run_seal(args: SealArgs, _ctx: &Context) -> anyhow::Result<ExitCod
 }
 
 /// `trainguard verify`.
-pub(crate) fn run_verify(args: VerifyArgs, _ctx: &Context) -> anyhow::Result<ExitCode> {
+pub(crate) fn run_verify(args: VerifyArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let key = VerifyingKey::read_pem_file(&args.public_key)?;
     let signature = args.common.signature_path();
     let opts = args.common.options(&signature)?;
@@ -194,6 +201,7 @@ pub(crate) fn run_verify(args: VerifyArgs, _ctx: &Context) -> anyhow::Result<Exi
     let report = match tg_seal::verify(dir, &bundle, &key, &opts) {
         Ok(report) => report,
         Err(err) if err.is_verification_failure() => {
+            crate::record::record(ctx, "verify", dir, &[], "invalid")?;
             match args.common.format {
                 Format::Human => output::data(&format!("invalid: {err}"))?,
                 Format::Json => output::data(
@@ -211,6 +219,13 @@ pub(crate) fn run_verify(args: VerifyArgs, _ctx: &Context) -> anyhow::Result<Exi
         Err(err) => return Err(err.into()),
     };
     let valid = report.is_valid();
+    crate::record::record(
+        ctx,
+        "verify",
+        dir,
+        &[("sha256-root".into(), report.root_digest.to_string())],
+        if valid { "valid" } else { "invalid" },
+    )?;
     match args.common.format {
         Format::Human => {
             for c in &report.changed {

@@ -529,15 +529,9 @@ impl<'a> Machine<'a> {
                     opcode: op,
                 });
             }
-            Value::List(_) => {
-                // list[key] = value: only integer keys in range work; either way nothing runs.
-            }
-            _ => {
-                return err(format!(
-                    "{} target does not support item assignment",
-                    op.name()
-                ));
-            }
+            // list[i] = v and bytearray[i] = v work in CPython; other constants raise there.
+            // Going on past a point where CPython stops only ever shows more, never less.
+            _ => {}
         }
         Ok(())
     }
@@ -561,7 +555,8 @@ impl<'a> Machine<'a> {
                     opcode: op,
                 });
             }
-            _ => return err(format!("{} target has no append or add method", op.name())),
+            // CPython raises for other constants; going on only ever shows more.
+            _ => {}
         }
         Ok(())
     }
@@ -1136,8 +1131,19 @@ fn parse_int(line: &[u8]) -> Option<Value> {
     }
 }
 
+/// A text `GET`/`PUT` index as `PyLong_FromString(s, NULL, 10)` reads it: surrounding
+/// whitespace, an optional sign, and single underscores between digits are all accepted.
 fn parse_index(line: &[u8]) -> Option<u64> {
-    std::str::from_utf8(line).ok()?.trim().parse().ok()
+    let s = std::str::from_utf8(line).ok()?.trim();
+    let s = s.strip_prefix('+').unwrap_or(s);
+    if s.starts_with('_') || s.ends_with('_') || s.contains("__") {
+        return Option::None;
+    }
+    let digits: std::string::String = s.chars().filter(|&c| c != '_').collect();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Option::None;
+    }
+    digits.parse().ok()
 }
 
 fn long_from_le(b: &[u8]) -> Value {
@@ -1232,4 +1238,100 @@ fn raw_unicode_escape(s: &[u8]) -> std::string::String {
         i += 1;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(bytes: &[u8]) -> Analysis {
+        let opts = Options {
+            complete: true,
+            ..Options::default()
+        };
+        analyze(bytes, 0, &opts, &mut NoHook)
+    }
+
+    fn imports(a: &Analysis) -> Vec<String> {
+        a.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Import { id, .. } => {
+                    a.arena.global_name(*id).map(|(m, n)| format!("{m}.{n}"))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn text_memo_indexes_read_like_pylong_from_string() {
+        // PUT " +1_0" then GET "10": CPython resolves the same slot.
+        let a = run(b"Vos\np +1_0\n0Vsystem\np2\n0g10\ng2\n\x93.");
+        assert_eq!(imports(&a), vec!["os.system"]);
+        assert!(a.stopped());
+        assert_eq!(parse_index(b"1__0"), None);
+    }
+
+    #[test]
+    fn memoize_numbers_by_filled_slots() {
+        // BINPUT 5 fills one slot, so MEMOIZE writes slot 1, not 6.
+        let a = run(b"\x80\x04\x8c\x05decoyq\x05\x8c\x02os\x94\x8c\x06system\x94h\x01h\x02\x93.");
+        assert_eq!(imports(&a), vec!["os.system"]);
+    }
+
+    #[test]
+    fn pop_removes_a_mark_sitting_on_top() {
+        // MARK POP leaves the stack as it was: the GLOBAL is still reached.
+        let a = run(b"(0cos\nsystem\n.");
+        assert_eq!(imports(&a), vec!["os.system"]);
+        assert!(a.stopped());
+    }
+
+    #[test]
+    fn obj_call_hidden_by_pop_is_still_a_call() {
+        let a = run(b"(cos\nsystem\nVid\no0N.");
+        assert!(a.events.iter().any(|e| matches!(e, Event::Call { .. })));
+    }
+
+    #[test]
+    fn invalid_utf8_global_raises_before_importing() {
+        let a = run(b"cmod\n\xf8\n.");
+        assert!(imports(&a).is_empty());
+        assert!(matches!(a.end, End::Error { .. }));
+    }
+
+    #[test]
+    fn frame_shorter_than_its_opcodes_is_reported() {
+        // FRAME says 2 bytes, the GLOBAL that follows is longer.
+        let mut p = b"\x80\x04\x95\x02\x00\x00\x00\x00\x00\x00\x00".to_vec();
+        p.extend_from_slice(b"cos\nsystem\n.");
+        let a = run(&p);
+        assert!(
+            a.events
+                .iter()
+                .any(|e| matches!(e, Event::FrameOverrun { .. }))
+        );
+        assert_eq!(imports(&a), vec!["os.system"]);
+    }
+
+    #[test]
+    fn limits_end_the_run_as_a_limit() {
+        let opts = Options {
+            complete: true,
+            limits: Limits {
+                max_stack: 10,
+                ..Limits::default()
+            },
+            ..Options::default()
+        };
+        let a = analyze(&[b'N'; 20], 0, &opts, &mut NoHook);
+        assert!(matches!(
+            a.end,
+            End::Limit {
+                which: "stack depth",
+                ..
+            }
+        ));
+    }
 }

@@ -69,8 +69,38 @@ fn is_7z(h: &[u8]) -> bool {
     h.starts_with(b"7z\xbc\xaf\x27\x1c")
 }
 
+/// A tar header as Python's `tarfile` accepts it (what torch's legacy loader tries first on
+/// every non-zip file): the checksum must match, the magic is not required (v7 archives have
+/// none), and an all-zero block is not a header.
 fn is_tar(h: &[u8]) -> bool {
-    h.get(257..262) == Some(b"ustar")
+    let Some(block) = h.get(..512) else {
+        return false;
+    };
+    if block.iter().all(|&b| b == 0) {
+        return false;
+    }
+    let digits: String = block[148..156]
+        .iter()
+        .map(|&b| b as char)
+        .take_while(|c| *c != '\0')
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let Ok(stored) = u32::from_str_radix(&digits, 8) else {
+        return false;
+    };
+    // tarfile.calc_chksums: unsigned and signed sums, with the checksum field read as spaces.
+    let field = |i: usize| (148..156).contains(&i);
+    let unsigned: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| if field(i) { 32 } else { u32::from(b) })
+        .sum();
+    let signed: i64 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| if field(i) { 32 } else { i64::from(b as i8) })
+        .sum();
+    stored == unsigned || i64::from(stored) == signed
 }
 
 fn is_npy(h: &[u8]) -> bool {
@@ -634,6 +664,20 @@ impl Cx<'_> {
         };
         for entry in tar.entries() {
             if entry.kind != tg_archive::TarEntryKind::Regular {
+                let legacy_member =
+                    ["sys_info", "pickle", "storages", "tensors"].contains(&entry.name.as_str());
+                let link = matches!(
+                    entry.kind,
+                    tg_archive::TarEntryKind::SymLink | tg_archive::TarEntryKind::HardLink
+                );
+                if legacy_member && link {
+                    out.findings.push(Finding::new(
+                        fr::HOSTILE_ARCHIVE,
+                        Verdict::Malicious,
+                        "a legacy torch member is a link: torch extracts it and unpickles whatever file it points to",
+                        Location::default().within(&entry.name),
+                    ));
+                }
                 continue;
             }
             if self.timed_out() {

@@ -79,7 +79,8 @@ fn is_tar(h: &[u8]) -> bool {
     if block.iter().all(|&b| b == 0) {
         return false;
     }
-    let digits: String = block[148..156]
+    let field = &block[148..156];
+    let digits: String = field
         .iter()
         .map(|&b| b as char)
         .take_while(|c| *c != '\0')
@@ -89,16 +90,27 @@ fn is_tar(h: &[u8]) -> bool {
         return false;
     };
     // tarfile.calc_chksums: unsigned and signed sums, with the checksum field read as spaces.
-    let field = |i: usize| (148..156).contains(&i);
     let unsigned: u32 = block
         .iter()
         .enumerate()
-        .map(|(i, &b)| if field(i) { 32 } else { u32::from(b) })
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(b)
+            }
+        })
         .sum();
     let signed: i64 = block
         .iter()
         .enumerate()
-        .map(|(i, &b)| if field(i) { 32 } else { i64::from(b as i8) })
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                i64::from(b as i8)
+            }
+        })
         .sum();
     stored == unsigned || i64::from(stored) == signed
 }
@@ -158,6 +170,17 @@ impl Cx<'_> {
         }
         if crate::tf::is_hdf5(&head) {
             return self.scan_h5(src);
+        }
+        if crate::safetensors::is_safetensors(&head) {
+            return crate::safetensors::scan(src, &mut self.bytes_read);
+        }
+        if crate::gguf::is_gguf(&head) {
+            return crate::gguf::scan(src, &mut self.bytes_read);
+        }
+        if crate::onnx::may_be_onnx(&head)
+            && let Some(o) = crate::onnx::scan(src, &mut self.bytes_read)
+        {
+            return o;
         }
         if let Some(kind) = decompress::sniff(&head) {
             // zlib's magic is not a pickle opcode, so this never hides a raw pickle.
@@ -420,6 +443,10 @@ impl Cx<'_> {
                 out.notes.push(an.to_string());
             }
         }
+        if let Some(k) = crate::keras::scan_zip(zip).or_else(|| crate::skops::scan_zip(zip)) {
+            out.format = k.format;
+            out.absorb(k, None);
+        }
         let torchscript = constants.is_some();
         if torch {
             out.format = if torchscript {
@@ -664,13 +691,12 @@ impl Cx<'_> {
         };
         for entry in tar.entries() {
             if entry.kind != tg_archive::TarEntryKind::Regular {
-                let legacy_member =
-                    ["sys_info", "pickle", "storages", "tensors"].contains(&entry.name.as_str());
-                let link = matches!(
-                    entry.kind,
-                    tg_archive::TarEntryKind::SymLink | tg_archive::TarEntryKind::HardLink
-                );
-                if legacy_member && link {
+                if ["sys_info", "pickle", "storages", "tensors"].contains(&entry.name.as_str())
+                    && matches!(
+                        entry.kind,
+                        tg_archive::TarEntryKind::SymLink | tg_archive::TarEntryKind::HardLink
+                    )
+                {
                     out.findings.push(Finding::new(
                         fr::HOSTILE_ARCHIVE,
                         Verdict::Malicious,

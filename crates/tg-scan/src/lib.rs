@@ -3,8 +3,11 @@
 //! [`Scanner::scan_path`] detects a file's format from its bytes (never its extension), reads it
 //! the way the loader that would open it does — PyTorch's zip reader, its legacy multi-pickle
 //! stream and tar layout, TorchScript, numpy, joblib — and runs every pickle stream a loader
-//! could reach through the symbolic machine of `tg-pickle`. Nothing is ever imported, called or
-//! unpickled.
+//! could reach through the symbolic machine of `tg-pickle`. Non-pickle formats are judged by
+//! their own rules: Keras `.keras`/HDF5 configs, TensorFlow SavedModel ops, ONNX external data
+//! and operator domains, GGUF bounds and chat templates, safetensors headers, skops schemas;
+//! zip/tar/7z/compressed wrappers are opened with bounded decompression and scanned
+//! recursively. Nothing is ever imported, called or unpickled.
 //!
 //! The main design decision is *fail closed with evidence*: every global outside the active
 //! policy is at least `suspicious`; anything that cannot be fully analysed (a budget reached, a
@@ -15,12 +18,32 @@
 
 mod danger;
 mod formats;
+mod gguf;
 mod judge;
+mod keras;
 mod literal;
+mod onnx;
 pub mod policy;
+mod proto;
+mod safetensors;
+mod skops;
 mod tf;
 
+pub use gguf::rules as gguf_rules;
+pub use keras::rules as keras_rules;
+pub use onnx::rules as onnx_rules;
+pub use safetensors::rules as safetensors_rules;
+pub use skops::rules as skops_rules;
 pub use tf::rules as tf_rules;
+
+#[doc(hidden)]
+pub use gguf::{fuzz_gguf, template_verdict as gguf_template_verdict};
+#[doc(hidden)]
+pub use keras::fuzz_keras_h5;
+#[doc(hidden)]
+pub use onnx::fuzz_onnx;
+#[doc(hidden)]
+pub use safetensors::fuzz_safetensors;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

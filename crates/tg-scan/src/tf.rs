@@ -1,13 +1,12 @@
-//! Keras HDF5 model configs and TensorFlow SavedModel graphs: the two non-pickle formats of
-//! the public corpus. (A full reader for every Keras/TF layout belongs to the "every model
-//! format" work; this one judges what the corpus and common files carry.)
+//! TensorFlow SavedModel graphs, and the entry point for Keras HDF5 model configs (judged in
+//! [`crate::keras`]).
 
 use tg_report::{Finding, Location, Verdict};
 
 /// Rule ids.
 pub mod rules {
     /// A Keras `Lambda` layer: Python code (source or marshalled bytecode) run on load.
-    pub const KERAS_LAMBDA: &str = "TG-KERAS-001";
+    pub const KERAS_LAMBDA: &str = crate::keras::rules::LAMBDA;
     /// A TensorFlow op that runs Python or touches files.
     pub const TF_OP: &str = "TG-TF-001";
 }
@@ -17,63 +16,9 @@ pub(crate) fn is_hdf5(head: &[u8]) -> bool {
     head.starts_with(b"\x89HDF\r\n\x1a\n")
 }
 
-/// Every Keras model config (`{"class_name": …}` JSON, the `model_config` attribute) in an HDF5
-/// file's bytes, judged for `Lambda` layers.
+/// Every Keras model config in an HDF5 file's bytes, judged (see [`crate::keras`]).
 pub(crate) fn scan_keras_h5(bytes: &[u8]) -> (Vec<Finding>, Vec<String>) {
-    let mut findings = Vec::new();
-    let mut notes = Vec::new();
-    let needle = b"{\"class_name\"";
-    let mut configs = 0;
-    let mut at = 0;
-    while let Some(p) = find(&bytes[at..], needle) {
-        let start = at + p;
-        let mut it =
-            serde_json::Deserializer::from_slice(&bytes[start..]).into_iter::<serde_json::Value>();
-        match it.next() {
-            Some(Ok(v)) => {
-                configs += 1;
-                walk(&v, start as u64, &mut findings);
-                at = start + it.byte_offset().max(1);
-            }
-            _ => at = start + 1,
-        }
-    }
-    if configs == 0 {
-        notes.push("HDF5 file without a Keras model config".into());
-    }
-    (findings, notes)
-}
-
-fn walk(v: &serde_json::Value, offset: u64, out: &mut Vec<Finding>) {
-    match v {
-        serde_json::Value::Object(map) => {
-            if map.get("class_name").and_then(|c| c.as_str()) == Some("Lambda") {
-                let code = map
-                    .get("config")
-                    .and_then(|c| c.get("function"))
-                    .map(|f| f.to_string().chars().take(200).collect::<String>())
-                    .unwrap_or_default();
-                out.push(
-                    Finding::new(
-                        rules::KERAS_LAMBDA,
-                        Verdict::Malicious,
-                        "Keras Lambda layer: Python code runs when the model loads",
-                        Location::at(offset),
-                    )
-                    .with_evidence(code),
-                );
-            }
-            for child in map.values() {
-                walk(child, offset, out);
-            }
-        }
-        serde_json::Value::Array(items) => items.iter().for_each(|c| walk(c, offset, out)),
-        _ => {}
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    crate::keras::scan_h5(bytes)
 }
 
 /// Ops that run Python (malicious) or touch the file system (suspicious).

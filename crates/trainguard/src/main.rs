@@ -49,6 +49,11 @@ enum Command {
     /// Check a Python environment's integrity (RECORD hashes, unrecorded files, start-up hooks)
     /// or snapshot it as a baseline.
     Env(cmd::env::Args),
+    /// Convert a PyTorch checkpoint (file or sharded directory) to safetensors without
+    /// unpickling it; refuses anything the scanner does not find clean.
+    Convert(cmd::convert::Args),
+    /// Compare two checkpoints tensor by tensor (added, removed, reshaped, how much changed).
+    Diff(cmd::diff::Args),
 }
 
 /// What every verb gets besides its own arguments.
@@ -81,5 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keygen(args) => cmd::seal::run_keygen(args, &ctx),
         Command::Ledger(args) => cmd::ledger::run(args, &ctx),
         Command::Env(args) => cmd::env::run(args, &ctx),
+        Command::Convert(args) => cmd::convert::run(args, &ctx),
+        Command::Diff(args) => cmd::diff::run(args, &ctx),
     }
 }

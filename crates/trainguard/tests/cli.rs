@@ -118,6 +118,13 @@ fn directory_scan_reports_every_file_in_name_order() {
         models/truncated_data_only.pkl: clean (not-a-model)
           note: not a pickle or a known model format (pickle data was truncated): no loader executes it
 
+        format            files  clean inconclusive  suspicious  malicious
+        empty                 1      1            0           0          0
+        not-a-model           1      1            0           0          0
+        npy                   1      1            0           0          0
+        pickle                1      0            0           1          0
+        pytorch-legacy        1      0            0           0          1
+
         5 files: 3 clean, 1 suspicious, 1 malicious, 0 inconclusive in [TIME] s
         --- stderr
         "#);
@@ -135,6 +142,11 @@ fn quiet_prints_only_files_that_are_not_clean() {
           TG-PKL-001 malicious    [@3] GLOBAL imports os.system, which belongs to a module that runs commands, code or network and file I/O
               evidence: os.system('id')
 
+        format            files  clean inconclusive  suspicious  malicious
+        empty                 1      1            0           0          0
+        npy                   1      1            0           0          0
+        pickle                1      0            0           0          1
+
         3 files: 2 clean, 0 suspicious, 1 malicious, 0 inconclusive in [TIME] s
         --- stderr
         "#);
@@ -151,6 +163,10 @@ fn inconclusive_and_nothing_worse_exits_2() {
         models/broken_after_allowed_global.pkl: inconclusive (pickle)
           TG-PKL-010 inconclusive [@29] the pickle stream fails here (invalid load key, '\xff') after importing or calling: a loader runs everything before this point
         models/numpy_float.npy: clean (npy)
+
+        format            files  clean inconclusive  suspicious  malicious
+        npy                   1      1            0           0          0
+        pickle                1      0            1           0          0
 
         2 files: 1 clean, 0 suspicious, 0 malicious, 1 inconclusive in [TIME] s
         --- stderr

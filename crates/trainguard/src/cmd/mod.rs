@@ -1,5 +1,7 @@
 //! One module per verb. Each has an `Args` (clap) and a `run(args, ctx) -> Result<ExitCode>`.
 
+pub(crate) mod convert;
+pub(crate) mod diff;
 pub(crate) mod env;
 pub(crate) mod ledger;
 pub(crate) mod scan;

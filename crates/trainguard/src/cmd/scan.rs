@@ -288,7 +288,39 @@ fn collect_files(
             }
         }
     }
-    (files, errors)
+    (dedupe_links(files), errors)
+}
+
+/// A Hugging Face hub cache names every file twice: `snapshots/<rev>/<name>` is a symlink to
+/// `blobs/<sha>`. Scan each real file once, under the snapshot name users recognise.
+fn dedupe_links(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut seen: std::collections::HashMap<PathBuf, usize> = std::collections::HashMap::new();
+    let mut out: Vec<Option<PathBuf>> = Vec::with_capacity(files.len());
+    for path in files {
+        let Ok(real) = fs_err::canonicalize(&path) else {
+            out.push(Some(path));
+            continue;
+        };
+        let is_link = path
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink());
+        match seen.get(&real) {
+            Some(&i) => {
+                let kept_is_link = out[i].as_ref().is_some_and(|p| {
+                    p.symlink_metadata()
+                        .is_ok_and(|m| m.file_type().is_symlink())
+                });
+                if is_link && !kept_is_link {
+                    out[i] = Some(path);
+                }
+            }
+            None => {
+                seen.insert(real, out.len());
+                out.push(Some(path));
+            }
+        }
+    }
+    out.into_iter().flatten().collect()
 }
 
 fn render_human(r: &FileReport) -> String {
@@ -320,17 +352,48 @@ fn render_human(r: &FileReport) -> String {
 
 fn summary(reports: &[FileReport], errors: usize, took: Duration) -> String {
     let count = |v: Verdict| reports.iter().filter(|r| r.verdict == v).count();
-    let mut s = format!(
+    let mut s = String::new();
+    if reports.len() > 1 {
+        s.push_str(&format_table(reports));
+    }
+    s.push_str(&format!(
         "\n{} files: {} clean, {} suspicious, {} malicious, {} inconclusive",
         reports.len(),
         count(Verdict::Clean),
         count(Verdict::Suspicious),
         count(Verdict::Malicious),
         count(Verdict::Inconclusive)
-    );
+    ));
     if errors > 0 {
         s.push_str(&format!(", {errors} errors"));
     }
     s.push_str(&format!(" in {:.2} s", took.as_secs_f64()));
+    s
+}
+
+/// Files by format and verdict, for directory scans.
+fn format_table(reports: &[FileReport]) -> String {
+    let mut rows: std::collections::BTreeMap<&str, [usize; 4]> = std::collections::BTreeMap::new();
+    for r in reports {
+        let row = rows.entry(r.format.as_str()).or_default();
+        row[r.verdict as usize] += 1;
+    }
+    let mut s = format!(
+        "\n{:<16} {:>6} {:>6} {:>12} {:>11} {:>10} {:>13}",
+        "format", "files", "clean", "inconclusive", "suspicious", "malicious", ""
+    );
+    s.truncate(s.trim_end().len());
+    for (format, c) in rows {
+        s.push_str(&format!(
+            "\n{:<16} {:>6} {:>6} {:>12} {:>11} {:>10}",
+            format,
+            c.iter().sum::<usize>(),
+            c[0],
+            c[1],
+            c[2],
+            c[3]
+        ));
+    }
+    s.push('\n');
     s
 }

@@ -1,0 +1,75 @@
+# Type stubs for the private native module `trainguard._native` (python/src/lib.rs).
+# Import from `trainguard`, not from here.
+
+import os
+from typing import Union
+
+_Path = Union[str, os.PathLike[str]]
+
+class TrainguardError(Exception):
+    """Base class of every error trainguard raises."""
+
+class UnsafeModelError(TrainguardError):
+    """A file was refused because its scan verdict is not clean."""
+
+    report: Report
+
+class PolicyError(TrainguardError):
+    """An unknown policy name or a malformed allowlist entry."""
+
+class CheckpointError(TrainguardError):
+    """A clean checkpoint that cannot be turned into tensors."""
+
+class Finding:
+    """One finding of a scan."""
+
+    @property
+    def rule(self) -> str: ...
+    @property
+    def verdict(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def location(self) -> str:
+        """`member@offset`, `member`, `@offset` or the empty string."""
+    @property
+    def member(self) -> str | None: ...
+    @property
+    def offset(self) -> int | None: ...
+    @property
+    def evidence(self) -> str | None: ...
+
+class Report:
+    """The result of scanning one file."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def verdict(self) -> str:
+        """`clean`, `suspicious`, `malicious` or `inconclusive`."""
+    @property
+    def size(self) -> int: ...
+    @property
+    def bytes_read(self) -> int: ...
+    @property
+    def findings(self) -> tuple[Finding, ...]: ...
+    @property
+    def notes(self) -> tuple[str, ...]: ...
+    @property
+    def is_clean(self) -> bool: ...
+
+def scan_path(path: _Path, policy: str = "default", allow: list[str] = ...) -> Report: ...
+def scan_bytes(
+    display: str, data: bytes, policy: str = "default", allow: list[str] = ...
+) -> Report: ...
+def check_path(
+    path: _Path, policy: str = "default", allow: list[str] = ..., display: str | None = None
+) -> Report: ...
+def check_bytes(
+    display: str, data: bytes, policy: str = "default", allow: list[str] = ...
+) -> Report: ...
+def read_tensors(
+    path: _Path, policy: str = "default", allow: list[str] = ...
+) -> tuple[list[tuple[str, str, tuple[int, ...], bytearray]], list[tuple[str, str]]]: ...

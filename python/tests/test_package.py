@@ -27,11 +27,11 @@ def test_public_names_exist_and_the_native_module_is_private():
     assert "scan_path" not in trainguard.__all__
 
 
-def test_watch_is_imported_lazily_when_present():
-    if importlib.util.find_spec("trainguard.watch") is None:
-        with pytest.raises(AttributeError):
-            trainguard.watch  # noqa: B018
-    else:
-        assert trainguard.watch.__name__ == "trainguard.watch"
+def test_watch_is_the_function_and_its_errors_are_trainguard_errors():
+    # `trainguard.watch(model, optimizer, ...)` is one line in a training loop: the function,
+    # not the submodule of the same name.
+    assert callable(trainguard.watch) and trainguard.watch.__name__ == "watch"
+    assert issubclass(trainguard.WatchError, trainguard.TrainguardError)
+    assert importlib.import_module("trainguard.watch").watch is trainguard.watch
     with pytest.raises(AttributeError, match="no attribute 'not_a_part'"):
         trainguard.not_a_part  # noqa: B018

@@ -50,6 +50,9 @@ __all__ = [
     "safe_load",
     "scan",
     "scan_bytes",
+    "Watch",
+    "WatchError",
+    "watch",
 ]
 
 StrPath = Union[str, "os.PathLike[str]"]
@@ -288,8 +291,6 @@ def guard_torch_load(policy: str = "default", allow: Iterable[str] = ()) -> Torc
         return TorchLoadGuard(owner=True)
 
 
-def __getattr__(name: str) -> Any:
-    # `trainguard.watch` is optional (a separate part of the package); import it on first use.
-    if name == "watch" and importlib.util.find_spec(f"{__name__}.watch") is not None:
-        return importlib.import_module(f"{__name__}.watch")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The training-loop telemetry client (pure Python; imports torch only when watch() is called).
+# Imported after everything above so `trainguard.watch` is the function, not the submodule.
+from .watch import Watch, WatchError, watch  # noqa: E402

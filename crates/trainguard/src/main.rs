@@ -54,6 +54,13 @@ enum Command {
     Convert(cmd::convert::Args),
     /// Compare two checkpoints tensor by tensor (added, removed, reshaped, how much changed).
     Diff(cmd::diff::Args),
+    /// Collect training telemetry and detect sabotage: `watch serve` runs the collector,
+    /// `watch incidents` lists what it found.
+    Watch(cmd::watch::Args),
+    /// Run a training command and record its start, heartbeats and every exit (code, signal,
+    /// sender when the kernel tells) with the collector.
+    #[cfg(unix)]
+    Run(cmd::run::Args),
 }
 
 /// What every verb gets besides its own arguments.
@@ -88,5 +95,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Env(args) => cmd::env::run(args, &ctx),
         Command::Convert(args) => cmd::convert::run(args, &ctx),
         Command::Diff(args) => cmd::diff::run(args, &ctx),
+        Command::Watch(args) => cmd::watch::run(args, &ctx),
+        #[cfg(unix)]
+        Command::Run(args) => cmd::run::run(args, &ctx),
     }
 }

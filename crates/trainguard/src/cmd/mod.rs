@@ -4,5 +4,8 @@ pub(crate) mod convert;
 pub(crate) mod diff;
 pub(crate) mod env;
 pub(crate) mod ledger;
+#[cfg(unix)]
+pub(crate) mod run;
 pub(crate) mod scan;
 pub(crate) mod seal;
+pub(crate) mod watch;

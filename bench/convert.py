@@ -82,6 +82,8 @@ def main() -> None:
     tools = {
         "trainguard": [args.trainguard, "convert", "--force", str(ckpt), str(tg_out)],
         "torch+safetensors": [args.python, "-c", PEER, str(ckpt), str(peer_out)],
+        # The floor: copying the same bytes, no parsing at all.
+        "cp": ["cp", str(ckpt), str(OUT / "copy.pt")],
     }
     results = {}
     for name, cmd in tools.items():
@@ -99,6 +101,8 @@ def main() -> None:
         print(f"{name:<20} {r['wall_s']:>8.2f} {r['peak_rss_mb']:>13.0f}")
     print(f"ratio peer/trainguard: wall {peer['wall_s'] / tg['wall_s']:.1f}x, "
           f"memory {peer['peak_rss_mb'] / tg['peak_rss_mb']:.1f}x")
+    cp = results["cp"]
+    print(f"ratio trainguard/cp (same bytes): wall {tg['wall_s'] / cp['wall_s']:.2f}x")
     print(f"outputs hold identical tensors: {same}")
     (BENCH / "out" / "convert.json").write_text(json.dumps(
         {"size_mb": args.size_mb, "runs": args.runs, "results": results, "identical": same},

@@ -13,6 +13,12 @@ pub trait ReadAt: Sync {
 
     /// Fills `buf` from `offset`, or fails (with [`io::ErrorKind::UnexpectedEof`] past the end).
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+
+    /// The open file behind this source, when there is one (lets a copy of a region go through
+    /// the kernel, `copy_file_range`, instead of user space).
+    fn as_file(&self) -> Option<&std::fs::File> {
+        None
+    }
 }
 
 impl ReadAt for [u8] {
@@ -47,6 +53,10 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         (**self).read_exact_at(buf, offset)
     }
+
+    fn as_file(&self) -> Option<&std::fs::File> {
+        (**self).as_file()
+    }
 }
 
 /// A file whose size cannot be read reports size 0, which every reader here rejects as "not an
@@ -59,6 +69,10 @@ impl ReadAt for std::fs::File {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
     }
+
+    fn as_file(&self) -> Option<&std::fs::File> {
+        Some(self)
+    }
 }
 
 /// Errors carry the file's path.
@@ -69,6 +83,10 @@ impl ReadAt for fs_err::File {
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         fs_err::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+
+    fn as_file(&self) -> Option<&std::fs::File> {
+        Some(self.file())
     }
 }
 

@@ -3,6 +3,9 @@
 //! policy). It is built from the gadgets of published scanner bypasses
 //! (`reference/scanners.md` §2c: GHSA advisories against picklescan, fickling and modelscan).
 
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
 /// Modules where every attribute is treated as dangerous (matched as the module itself or any
 /// submodule: `asyncio` covers `asyncio.unix_events`).
 const MODULES: &[&str] = &[
@@ -240,29 +243,59 @@ const DUNDERS: &[&str] = &[
     "__set__",
 ];
 
+fn sets() -> &'static (
+    HashSet<&'static str>,
+    HashSet<&'static str>,
+    HashSet<&'static str>,
+) {
+    static SETS: OnceLock<(
+        HashSet<&'static str>,
+        HashSet<&'static str>,
+        HashSet<&'static str>,
+    )> = OnceLock::new();
+    SETS.get_or_init(|| {
+        (
+            MODULES.iter().copied().collect(),
+            NAMES.iter().copied().collect(),
+            DUNDERS.iter().copied().collect(),
+        )
+    })
+}
+
 /// Why `module.name` is known to be dangerous, or `None`.
 pub(crate) fn classify(module: &str, name: &str) -> Option<&'static str> {
-    if name.split('.').any(|part| DUNDERS.contains(&part))
-        || module.split('.').any(|p| DUNDERS.contains(&p))
+    let (modules, names, dunders) = sets();
+    if name
+        .split('.')
+        .chain(module.split('.'))
+        .any(|part| dunders.contains(part))
     {
         return Some("reaches interpreter internals through a dunder attribute");
     }
     // `find_class` walks dotted names (protocol 4+), so `pathlib` + `os.system` is `os.system`:
-    // judge every suffix of the full path as if it were the module path.
+    // judge the full path, and every suffix that starts inside the attribute path as if it
+    // were the module path. Slices of one string, no allocation per suffix.
     let full = format!("{module}.{name}");
-    let parts: Vec<&str> = full.split('.').collect();
+    let dots: Vec<usize> = full.match_indices('.').map(|(i, _)| i).collect();
     let module_parts = module.split('.').count();
-    let starts = std::iter::once(0).chain(module_parts..parts.len());
+    let starts = std::iter::once(0).chain(dots.iter().skip(module_parts - 1).map(|d| d + 1));
     for start in starts {
-        let tail = parts[start..].join(".");
-        if NAMES.contains(&tail.as_str()) {
+        let tail = &full[start..];
+        if names.contains(tail) {
             return Some("runs code, touches files or reaches the network");
         }
-        if MODULES
+        // The tail itself and each of its dotted prefixes, as a module path.
+        let prefixes = dots
             .iter()
-            .any(|m| tail == *m || tail.strip_prefix(m).is_some_and(|r| r.starts_with('.')))
-        {
-            return Some("belongs to a module that runs commands, code or network and file I/O");
+            .filter(|&&d| d > start)
+            .map(|&d| &full[start..d])
+            .chain(std::iter::once(tail));
+        for prefix in prefixes {
+            if modules.contains(prefix) {
+                return Some(
+                    "belongs to a module that runs commands, code or network and file I/O",
+                );
+            }
         }
     }
     None

@@ -61,6 +61,11 @@ fn read_at(src: &dyn ReadAt, offset: u64, len: u64) -> std::io::Result<Vec<u8>> 
     Ok(buf)
 }
 
+/// Whether `tail` holds a zip end-of-central-directory signature (`PK\x05\x06`).
+fn contains_eocd(tail: &[u8]) -> bool {
+    memchr::memmem::find(tail, b"PK\x05\x06").is_some()
+}
+
 fn is_zip_head(h: &[u8]) -> bool {
     h.starts_with(b"PK\x03\x04") || h.starts_with(b"PK\x05\x06")
 }
@@ -192,7 +197,7 @@ impl Cx<'_> {
         if size > 22 {
             let tail_len = size.min(65_557);
             if let Ok(tail) = self.read(src, size - tail_len, tail_len)
-                && tail.windows(4).any(|w| w == b"PK\x05\x06")
+                && contains_eocd(&tail)
                 && let Ok(zip) = ZipArchive::open(src, self.scanner.limits.archive.clone())
                 && !zip.entries().is_empty()
             {
@@ -249,21 +254,20 @@ impl Cx<'_> {
 
     /// A judged pickle at `pos`, with offsets made absolute. Runs joblib's view and the plain
     /// `pickle.load` view when they differ.
+    /// A judged pickle at `pos`, with absolute offsets and the number of bytes it consumed.
+    /// Runs joblib's view and the plain `pickle.load` view when they differ.
     fn judged_pickle(
         &mut self,
-        src: &dyn ReadAt,
+        src: Stream<'_>,
         pos: u64,
         ctx: Context,
-    ) -> Result<(Analysis, Vec<u8>, judge::Judged), String> {
-        let mut hook = JoblibHook;
-        let (buf, a) = self.run_pickle(src, pos, &mut hook)?;
-        let mut j = self.judge(&a, &buf, ctx);
+    ) -> Result<(Analysis, u64, judge::Judged), String> {
+        let (a, consumed, mut j) = self.judged_view(src, pos, ctx, &mut JoblibHook)?;
         if !a.skipped.is_empty() || !a.nested.is_empty() {
             // joblib reads raw array bytes after each NumpyArrayWrapper; plain pickle.load would
             // read them as opcodes. Judge that view too, so a payload hidden as "array data"
             // for one loader is still seen for the other.
-            let (pbuf, plain) = self.run_pickle(src, pos, &mut NoHook)?;
-            let pj = self.judge(&plain, &pbuf, ctx);
+            let (_, _, pj) = self.judged_view(src, pos, ctx, &mut NoHook)?;
             for f in pj.findings {
                 if f.verdict >= Verdict::Suspicious
                     && !j
@@ -275,12 +279,42 @@ impl Cx<'_> {
                 }
             }
         }
-        for f in &mut j.findings {
-            if let Some(o) = f.location.offset.as_mut() {
-                *o += pos;
+        Ok((a, consumed, j))
+    }
+
+    fn judged_view(
+        &mut self,
+        src: Stream<'_>,
+        pos: u64,
+        ctx: Context,
+        hook: &mut dyn Hook,
+    ) -> Result<(Analysis, u64, judge::Judged), String> {
+        match src {
+            Stream::Mem(buf) => {
+                // The whole stream is in memory: no copy, offsets are already absolute.
+                let start = usize::try_from(pos).map_err(|_| "offset out of range".to_owned())?;
+                let opts = Options {
+                    limits: self.scanner.limits.pickle.clone(),
+                    complete: true,
+                    record_opcodes: self.scanner.policy.restricts_opcodes(),
+                };
+                let a = tg_pickle::analyze(buf, start, &opts, hook);
+                let j = self.judge(&a, buf, ctx);
+                let consumed = a.consumed.saturating_sub(pos);
+                Ok((a, consumed, j))
+            }
+            Stream::File(file) => {
+                let (buf, a) = self.run_pickle(file, pos, hook)?;
+                let mut j = self.judge(&a, &buf, ctx);
+                for f in &mut j.findings {
+                    if let Some(o) = f.location.offset.as_mut() {
+                        *o += pos;
+                    }
+                }
+                let consumed = a.consumed;
+                Ok((a, consumed, j))
             }
         }
-        Ok((a, buf, j))
     }
 
     fn judge(&self, a: &Analysis, buf: &[u8], ctx: Context) -> judge::Judged {
@@ -313,6 +347,21 @@ impl Cx<'_> {
 
     fn scan_stream(&mut self, src: &dyn ReadAt, ctx: Context, format: &'static str) -> Outcome {
         let size = src.size();
+        // Files up to 64 MiB are read once and every pickle in them analysed in place; larger
+        // ones (legacy checkpoints with gigabytes of raw storages after the pickles) are read
+        // a growing prefix at a time.
+        let whole = if size <= 64 << 20 {
+            match self.read(src, 0, size) {
+                Ok(b) => Some(b),
+                Err(e) => return unreadable("file", &e.to_string()),
+            }
+        } else {
+            None
+        };
+        let stream = match &whole {
+            Some(b) => Stream::Mem(b),
+            None => Stream::File(src),
+        };
         let mut out = Outcome::new(format);
         let mut pos = 0u64;
         let mut legacy = false;
@@ -326,7 +375,7 @@ impl Cx<'_> {
             } else {
                 ctx
             };
-            let (a, buf, j) = match self.judged_pickle(src, pos, ctx) {
+            let (a, consumed, j) = match self.judged_pickle(stream, pos, ctx) {
                 Ok(r) => r,
                 Err(e) => {
                     out.findings.push(Finding::new(
@@ -378,14 +427,13 @@ impl Cx<'_> {
                     index + 1
                 ));
             }
-            let _ = buf;
             out.findings.extend(j.findings);
             out.notes.extend(j.notes);
             if !stopped {
                 break;
             }
-            pos += a.consumed;
-            if pos >= size {
+            pos += consumed;
+            if consumed == 0 || pos >= size {
                 break;
             }
             if legacy && index == 4 {
@@ -756,8 +804,8 @@ impl Cx<'_> {
             torch: true,
             torchscript: false,
         };
-        let src: &dyn ReadAt = &bytes;
-        let (a, _, j) = match self.judged_pickle(src, 0, ctx) {
+        let src = Stream::Mem(bytes);
+        let (a, consumed, j) = match self.judged_pickle(src, 0, ctx) {
             Ok(r) => r,
             Err(e) => return unreadable(member, &e),
         };
@@ -769,9 +817,9 @@ impl Cx<'_> {
         let Some(count) = count else {
             return out;
         };
-        let mut pos = a.consumed;
+        let mut pos = consumed;
         for _ in 0..count.clamp(0, 1_000_000) {
-            let (rec, _, j) = match self.judged_pickle(src, pos, ctx) {
+            let (rec, consumed, j) = match self.judged_pickle(src, pos, ctx) {
                 Ok(r) => r,
                 Err(e) => {
                     out.findings.push(Finding::new(
@@ -787,7 +835,7 @@ impl Cx<'_> {
             let End::Stop { value, .. } = rec.end else {
                 return out;
             };
-            pos += rec.consumed;
+            pos += consumed;
             let skip = if member == "storages" {
                 // (key, location, storage_type): 8-byte element count, then the elements.
                 let elem = rec
@@ -1026,6 +1074,15 @@ fn storage_element_size(name: &str) -> Option<u64> {
         "ComplexDoubleStorage" => 16,
         _ => return None,
     })
+}
+
+/// Where a pickle stream is read from.
+#[derive(Clone, Copy)]
+enum Stream<'a> {
+    /// Entirely in memory.
+    Mem(&'a [u8]),
+    /// A file read a growing prefix at a time.
+    File(&'a dyn ReadAt),
 }
 
 /// A view of `src` from `start` on.

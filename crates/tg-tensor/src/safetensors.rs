@@ -6,7 +6,7 @@
 //! checkpoint larger than memory takes a few buffers of memory. The file appears under its
 //! name only when complete (written beside it, then renamed).
 
-use std::io::Write as _;
+use std::io::{Read, Seek as _, Write as _};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -82,6 +82,23 @@ pub fn write(tensors: &[&Tensor], metadata: &[(String, String)], out: &Path) -> 
     let mut buf = vec![0u8; CHUNK];
     let mut written = 0u64;
     for t in tensors {
+        if let Some((src, start, len)) = t.file_region() {
+            // Contiguous bytes of the checkpoint file: the kernel copies them
+            // (copy_file_range through std::io::copy), never through this process.
+            let mut src: &std::fs::File = src;
+            src.seek(std::io::SeekFrom::Start(start))
+                .map_err(|e| Error::io(t.checkpoint_path(), e))?;
+            let copied = std::io::copy(&mut Read::take(src, len), &mut file).map_err(io)?;
+            if copied != len {
+                return Err(Error::invalid(
+                    t.checkpoint_path(),
+                    format!("tensor {}", t.name()),
+                    format!("storage ended after {copied} of {len} bytes"),
+                ));
+            }
+            written += len;
+            continue;
+        }
         let mut r = t.reader();
         let mut left = t.nbytes();
         loop {

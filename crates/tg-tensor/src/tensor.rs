@@ -187,6 +187,27 @@ impl Tensor {
     fn path(&self) -> &Path {
         self.storage.path.as_path()
     }
+
+    /// The checkpoint file holding this tensor, for messages.
+    pub(crate) fn checkpoint_path(&self) -> &Path {
+        self.path()
+    }
+
+    /// For a contiguous little-endian tensor whose bytes sit in the checkpoint file itself (a
+    /// stored zip member, a legacy storage, a safetensors region): the file, the byte offset
+    /// and the length, so the writer can let the kernel copy them.
+    pub(crate) fn file_region(&self) -> Option<(&std::fs::File, u64, u64)> {
+        if !self.is_contiguous() || self.storage.swap > 1 {
+            return None;
+        }
+        let file = self.storage.src.as_file()?;
+        let es = self.dtype.size() as u64;
+        let start = self
+            .storage
+            .base
+            .checked_add(self.offset.checked_mul(es)?)?;
+        Some((file, start, self.nbytes()))
+    }
 }
 
 /// Produces a tensor's elements in row-major order as little-endian bytes.

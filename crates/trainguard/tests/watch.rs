@@ -335,3 +335,102 @@ fn incidents_with_a_read_token() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// Headless Chromium, as `scripts/setup-chromium` installs it (Debian's `chromium`).
+fn chromium() -> String {
+    for candidate in ["chromium", "chromium-browser", "google-chrome"] {
+        let found = Command::new(candidate)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if found {
+            return candidate.to_string();
+        }
+    }
+    panic!(
+        "headless Chromium is required for the dashboard test: run scripts/test (scripts/setup-chromium installs it)"
+    );
+}
+
+fn step_event(run: &str, rank: u32, step: u64, wall_s: f64) -> tg_watch::Event {
+    serde_json::from_value(serde_json::json!({
+        "type": "step", "run": run, "rank": rank, "world_size": 2, "host": "node-a",
+        "pid": 1000 + rank, "time_unix_s": 1.7e9 + step as f64, "step": step, "wall_s": wall_s,
+    }))
+    .unwrap()
+}
+
+/// The dashboard as a person sees it: a real browser (headless Chromium) loads the page and the
+/// DOM it builds holds the run, its incident and one step-time line per rank.
+#[test]
+fn dashboard_renders_in_headless_chromium() {
+    let browser = chromium();
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(&dir.path().join("w.db"), &[]);
+    let token = c.register("dash");
+    let client = tg_server::Client::new(&c.url)
+        .unwrap()
+        .with_token(token.clone());
+    let mut events = Vec::new();
+    for step in 1..=30 {
+        events.push(step_event("dash", 0, step, 0.100));
+        events.push(step_event("dash", 1, step, 0.102));
+    }
+    client.send("dash", events).unwrap();
+    let out = run_cmd(&c, "dash", &token)
+        .args([
+            "--rank",
+            "1",
+            "--world-size",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            "kill -9 $$",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(128 + 9), "{}", stderr(&out));
+
+    let profile = dir.path().join("chromium-profile");
+    let page = bin_output(
+        Command::new(&browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("--dump-dom")
+            .arg(format!("{}/?run=dash", c.url)),
+    );
+    assert!(
+        page.contains("<svg id=\"chart\""),
+        "no chart in the page:\n{page}"
+    );
+    for rank in ["data-rank=\"0\"", "data-rank=\"1\""] {
+        assert!(page.contains(rank), "no step-time line for {rank}:\n{page}");
+    }
+    assert!(page.contains(">dash<"), "the run is not listed:\n{page}");
+    assert!(
+        page.contains("killed"),
+        "the incident is not shown:\n{page}"
+    );
+}
+
+fn bin_output(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -223,9 +223,13 @@ impl Eval<'_> {
                     match self.arena.get(src) {
                         Value::Dict(p) => pairs.extend(p.iter().copied()),
                         Value::List(l) | Value::Tuple(l) => {
+                            // dict() takes any two-element items: old torch.save wrote
+                            // OrderedDict([[name, tensor], ...]) with lists, not tuples.
                             for &p in l {
-                                match self.arena.as_tuple(p) {
-                                    Some([k, v]) => pairs.push((*k, *v)),
+                                match self.arena.get(p) {
+                                    Value::Tuple(kv) | Value::List(kv) if kv.len() == 2 => {
+                                        pairs.push((kv[0], kv[1]));
+                                    }
                                     _ => return Ok(self.opaque(id, "a dict built from")),
                                 }
                             }

@@ -21,6 +21,8 @@ pub(crate) struct Outcome {
     pub format: &'static str,
     pub findings: Vec<Finding>,
     pub notes: Vec<String>,
+    /// Torch storage keys the stream's persistent ids referenced (members read as raw bytes).
+    pub storage_keys: std::collections::HashSet<String>,
 }
 
 impl Outcome {
@@ -429,6 +431,7 @@ impl Cx<'_> {
             }
             out.findings.extend(j.findings);
             out.notes.extend(j.notes);
+            out.storage_keys.extend(j.storage_keys);
             if !stopped {
                 break;
             }
@@ -524,10 +527,9 @@ impl Cx<'_> {
             match read_checked(zip, entry, &mut out) {
                 Ok(bytes) => {
                     self.bytes_read += bytes.len() as u64;
-                    let o = self.scan_stream(&bytes.as_slice(), ctx, "pickle");
+                    let mut o = self.scan_stream(&bytes.as_slice(), ctx, "pickle");
+                    storage_keys.extend(std::mem::take(&mut o.storage_keys));
                     out.absorb(o, Some(&entry.name));
-                    let keys = self.storage_keys(&bytes, ctx);
-                    storage_keys.extend(keys);
                 }
                 Err(e) => out.findings.push(Finding::new(
                     fr::UNREADABLE,
@@ -602,16 +604,6 @@ impl Cx<'_> {
             out.format = "npz";
         }
         out
-    }
-
-    fn storage_keys(&mut self, bytes: &[u8], ctx: Context) -> std::collections::HashSet<String> {
-        let opts = Options {
-            limits: self.scanner.limits.pickle.clone(),
-            complete: true,
-            record_opcodes: false,
-        };
-        let a = tg_pickle::analyze(bytes, 0, &opts, &mut NoHook);
-        judge::judge(&a, bytes, &self.scanner.policy, ctx, 0, &|_, _| Vec::new()).storage_keys
     }
 
     /// Whether a member's first bytes could start something a loader executes.

@@ -323,6 +323,7 @@ pub(crate) fn scan(src: &dyn ReadAt, bytes_read: &mut u64) -> Outcome {
         format: "gguf",
         findings: r.findings,
         notes: r.notes,
+        ..Outcome::default()
     }
 }
 

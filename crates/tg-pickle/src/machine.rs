@@ -504,6 +504,16 @@ impl<'a> Machine<'a> {
         Ok(id)
     }
 
+    /// Record that `op` ran a container method of `target` (not a plain container the pickle
+    /// built itself).
+    fn mutated(&mut self, target: Id, offset: usize, op: Opcode) {
+        self.events.push(Event::Mutate {
+            target,
+            offset: offset as u64,
+            opcode: op,
+        });
+    }
+
     /// Add `items` to the container `target`, as `SETITEM(S)` does.
     fn set_items(
         &mut self,
@@ -516,18 +526,10 @@ impl<'a> Machine<'a> {
             Value::Dict(d) => d.extend(pairs),
             Value::Call { items, .. } => {
                 items.extend(pairs);
-                self.events.push(Event::Mutate {
-                    target,
-                    offset: offset as u64,
-                    opcode: op,
-                });
+                self.mutated(target, offset, op);
             }
             Value::Global { .. } | Value::UnknownGlobal { .. } | Value::Persistent(_) => {
-                self.events.push(Event::Mutate {
-                    target,
-                    offset: offset as u64,
-                    opcode: op,
-                });
+                self.mutated(target, offset, op);
             }
             // list[i] = v and bytearray[i] = v work in CPython; other constants raise there.
             // Going on past a point where CPython stops only ever shows more, never less.
@@ -542,18 +544,10 @@ impl<'a> Machine<'a> {
             Value::Set(l) | Value::FrozenSet(l) if op == Opcode::AddItems => l.extend(new),
             Value::Call { appended, .. } => {
                 appended.extend(new);
-                self.events.push(Event::Mutate {
-                    target,
-                    offset: offset as u64,
-                    opcode: op,
-                });
+                self.mutated(target, offset, op);
             }
             Value::Global { .. } | Value::UnknownGlobal { .. } | Value::Persistent(_) => {
-                self.events.push(Event::Mutate {
-                    target,
-                    offset: offset as u64,
-                    opcode: op,
-                });
+                self.mutated(target, offset, op);
             }
             // CPython raises for other constants; going on only ever shows more.
             _ => {}

@@ -175,7 +175,7 @@ impl Cx<'_> {
         if is_tar(&head) {
             return self.scan_tar(src, depth);
         }
-        if crate::tf::is_hdf5(&head) {
+        if crate::keras::is_hdf5(&head) {
             return self.scan_h5(src);
         }
         if crate::safetensors::is_safetensors(&head) {
@@ -380,12 +380,7 @@ impl Cx<'_> {
             let (a, consumed, j) = match self.judged_pickle(stream, pos, ctx) {
                 Ok(r) => r,
                 Err(e) => {
-                    out.findings.push(Finding::new(
-                        judge::rules::LIMIT,
-                        Verdict::Inconclusive,
-                        e,
-                        Location::at(pos),
-                    ));
+                    out.findings.push(limit(e, pos));
                     break;
                 }
             };
@@ -592,12 +587,7 @@ impl Cx<'_> {
                     }
                     out.absorb(inner, Some(&entry.name));
                 }
-                Err(e) => out.findings.push(Finding::new(
-                    fr::UNREADABLE,
-                    Verdict::Inconclusive,
-                    format!("cannot read member: {e}"),
-                    Location::default().within(&entry.name),
-                )),
+                Err(e) => out.findings.push(unreadable_member(&entry.name, &e)),
             }
         }
         if !torch && members > 0 && npy_members == members {
@@ -753,12 +743,7 @@ impl Cx<'_> {
             let head = match tar.read_prefix(entry, 512) {
                 Ok(h) => h,
                 Err(e) => {
-                    out.findings.push(Finding::new(
-                        fr::UNREADABLE,
-                        Verdict::Inconclusive,
-                        format!("cannot read member: {e}"),
-                        Location::default().within(&entry.name),
-                    ));
+                    out.findings.push(unreadable_member(&entry.name, &e));
                     continue;
                 }
             };
@@ -776,12 +761,7 @@ impl Cx<'_> {
                     };
                     out.absorb(inner, Some(&entry.name));
                 }
-                Err(e) => out.findings.push(Finding::new(
-                    fr::UNREADABLE,
-                    Verdict::Inconclusive,
-                    format!("cannot read member: {e}"),
-                    Location::default().within(&entry.name),
-                )),
+                Err(e) => out.findings.push(unreadable_member(&entry.name, &e)),
             }
         }
         out
@@ -814,12 +794,7 @@ impl Cx<'_> {
             let (rec, consumed, j) = match self.judged_pickle(src, pos, ctx) {
                 Ok(r) => r,
                 Err(e) => {
-                    out.findings.push(Finding::new(
-                        judge::rules::LIMIT,
-                        Verdict::Inconclusive,
-                        e,
-                        Location::at(pos),
-                    ));
+                    out.findings.push(limit(e, pos));
                     return out;
                 }
             };
@@ -886,7 +861,7 @@ impl Cx<'_> {
             Ok(b) => b,
             Err(e) => return unreadable("HDF5 file", &e.to_string()),
         };
-        let (findings, notes) = crate::tf::scan_keras_h5(&bytes);
+        let (findings, notes) = crate::keras::scan_h5(&bytes);
         let mut out = Outcome::new(if notes.is_empty() { "keras-h5" } else { "hdf5" });
         out.findings = findings;
         out.notes = notes;
@@ -1011,12 +986,7 @@ impl Cx<'_> {
                         out.absorb(inner, Some(&name));
                     }
                 }
-                Err(e) => out.findings.push(Finding::new(
-                    fr::UNREADABLE,
-                    Verdict::Inconclusive,
-                    format!("cannot read member: {e}"),
-                    Location::default().within(&name),
-                )),
+                Err(e) => out.findings.push(unreadable_member(&name, &e)),
             }
         }
         out
@@ -1106,6 +1076,26 @@ fn unreadable(what: &str, why: &str) -> Outcome {
         Location::default(),
     ));
     o
+}
+
+/// A pickle stream that could not be fully analysed (a cap, an over-long stream).
+fn limit(why: String, at: u64) -> Finding {
+    Finding::new(
+        judge::rules::LIMIT,
+        Verdict::Inconclusive,
+        why,
+        Location::at(at),
+    )
+}
+
+/// An archive member that could not be read.
+fn unreadable_member(name: &str, e: &dyn std::fmt::Display) -> Finding {
+    Finding::new(
+        fr::UNREADABLE,
+        Verdict::Inconclusive,
+        format!("cannot read member: {e}"),
+        Location::default().within(name),
+    )
 }
 
 fn timeout() -> Finding {

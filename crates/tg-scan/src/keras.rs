@@ -18,6 +18,11 @@ use tg_report::{Finding, Location, Verdict};
 
 use crate::formats::Outcome;
 
+/// HDF5's signature (a Keras `.h5` model holds its config in an HDF5 attribute).
+pub(crate) fn is_hdf5(head: &[u8]) -> bool {
+    head.starts_with(b"\x89HDF\r\n\x1a\n")
+}
+
 /// Rule ids.
 pub mod rules {
     /// A Keras `Lambda` layer or serialized lambda: Python code run when the model loads.

@@ -1,7 +1,9 @@
-//! TensorFlow SavedModel graphs, and the entry point for Keras HDF5 model configs (judged in
-//! [`crate::keras`]).
+//! TensorFlow SavedModel graphs: ops that run Python or touch files, read with the bounded
+//! protobuf walker of [`crate::proto`].
 
 use tg_report::{Finding, Location, Verdict};
+
+use crate::proto::{Bytes, ReadError, Walker, Wire, string};
 
 /// Rule ids.
 pub mod rules {
@@ -9,16 +11,6 @@ pub mod rules {
     pub const KERAS_LAMBDA: &str = crate::keras::rules::LAMBDA;
     /// A TensorFlow op that runs Python or touches files.
     pub const TF_OP: &str = "TG-TF-001";
-}
-
-/// HDF5's signature.
-pub(crate) fn is_hdf5(head: &[u8]) -> bool {
-    head.starts_with(b"\x89HDF\r\n\x1a\n")
-}
-
-/// Every Keras model config in an HDF5 file's bytes, judged (see [`crate::keras`]).
-pub(crate) fn scan_keras_h5(bytes: &[u8]) -> (Vec<Finding>, Vec<String>) {
-    crate::keras::scan_h5(bytes)
 }
 
 /// Ops that run Python (malicious) or touch the file system (suspicious).
@@ -35,19 +27,11 @@ fn op_verdict(op: &str) -> Option<(Verdict, &'static str)> {
     }
 }
 
-/// Parse `bytes` as a SavedModel protobuf; `None` if it is not one.
+/// Parse `bytes` as a SavedModel protobuf; `None` if it is not one (any field that does not
+/// parse, or no graph node at all).
 pub(crate) fn scan_saved_model(bytes: &[u8]) -> Option<Vec<Finding>> {
-    let top = fields(bytes)?;
-    let mut nodes = Vec::new();
-    for (num, f) in &top {
-        if let (2, Field::Bytes(meta)) = (num, f) {
-            for (n, g) in fields(meta)? {
-                if let (2, Field::Bytes(graph)) = (n, g) {
-                    graph_nodes(graph, &mut nodes)?;
-                }
-            }
-        }
-    }
+    let mut b = Bytes::new(&bytes);
+    let nodes = saved_model_nodes(&mut b, bytes.len() as u64).ok()?;
     if nodes.is_empty() {
         return None;
     }
@@ -68,90 +52,73 @@ pub(crate) fn scan_saved_model(bytes: &[u8]) -> Option<Vec<Finding>> {
     Some(out)
 }
 
-fn graph_nodes(graph: &[u8], nodes: &mut Vec<(String, String)>) -> Option<()> {
-    for (n, f) in fields(graph)? {
-        match (n, f) {
-            (1, Field::Bytes(node)) => nodes.push(node_def(node)?),
-            (2, Field::Bytes(library)) => {
-                for (fnum, func) in fields(library)? {
-                    if let (1, Field::Bytes(func)) = (fnum, func) {
-                        for (k, nd) in fields(func)? {
-                            if let (3, Field::Bytes(nd)) = (k, nd) {
-                                nodes.push(node_def(nd)?);
-                            }
-                        }
+/// Longest node or op name read.
+const MAX_NAME: u64 = 64 << 10;
+
+/// `SavedModel.meta_graphs` (2) → `MetaGraphDef.graph_def` (2) → `GraphDef.node` (1), and
+/// `GraphDef.library` (2) → `FunctionDefLibrary.function` (1) → `FunctionDef.node_def` (3).
+fn saved_model_nodes(b: &mut Bytes<'_>, len: u64) -> Result<Vec<(String, String)>, ReadError> {
+    let mut nodes = Vec::new();
+    for_each_len(b, 0, len, 2, &mut |b, meta, meta_len| {
+        for_each_len(b, meta, meta_len, 2, &mut |b, graph, graph_len| {
+            let mut w = Walker::of(graph, graph_len)?;
+            while let Some(f) = w.next(b)? {
+                match (f.number, f.wire) {
+                    (1, Wire::Len { offset, len }) => nodes.push(node_def(b, offset, len)?),
+                    (2, Wire::Len { offset, len }) => {
+                        for_each_len(b, offset, len, 1, &mut |b, func, func_len| {
+                            for_each_len(b, func, func_len, 3, &mut |b, nd, nd_len| {
+                                nodes.push(node_def(b, nd, nd_len)?);
+                                Ok(())
+                            })
+                        })?;
                     }
+                    _ => {}
                 }
             }
-            _ => {}
-        }
-    }
-    Some(())
+            Ok(())
+        })
+    })?;
+    Ok(nodes)
 }
 
-fn node_def(node: &[u8]) -> Option<(String, String)> {
+/// Calls `f(offset, len)` for every length-delimited field numbered `number` of the message at
+/// `[offset, offset + len)`; every other field must still parse.
+fn for_each_len(
+    b: &mut Bytes<'_>,
+    offset: u64,
+    len: u64,
+    number: u64,
+    f: &mut dyn FnMut(&mut Bytes<'_>, u64, u64) -> Result<(), ReadError>,
+) -> Result<(), ReadError> {
+    let mut w = Walker::of(offset, len)?;
+    while let Some(field) = w.next(b)? {
+        if let (n, Wire::Len { offset, len }) = (field.number, field.wire)
+            && n == number
+        {
+            f(b, offset, len)?;
+        }
+    }
+    Ok(())
+}
+
+/// `NodeDef.name` (1) and `NodeDef.op` (2).
+fn node_def(b: &mut Bytes<'_>, offset: u64, len: u64) -> Result<(String, String), ReadError> {
     let mut name = String::new();
     let mut op = String::new();
-    for (n, f) in fields(node)? {
-        match (n, f) {
-            (1, Field::Bytes(b)) => name = String::from_utf8_lossy(b).into_owned(),
-            (2, Field::Bytes(b)) => op = String::from_utf8_lossy(b).into_owned(),
+    let mut w = Walker::of(offset, len)?;
+    while let Some(f) = w.next(b)? {
+        match (f.number, f.wire) {
+            (1, Wire::Len { offset, len }) => name = string(b, offset, len, MAX_NAME)?,
+            (2, Wire::Len { offset, len }) => op = string(b, offset, len, MAX_NAME)?,
             _ => {}
         }
     }
-    (!op.is_empty()).then_some((name, op))
-}
-
-enum Field<'a> {
-    Varint,
-    Fixed,
-    Bytes(&'a [u8]),
-}
-
-/// Every field of one protobuf message; `None` if the bytes are not a well-formed message.
-fn fields(mut b: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        let (key, n) = varint(b)?;
-        b = &b[n..];
-        let num = key >> 3;
-        if num == 0 {
-            return None;
-        }
-        match key & 7 {
-            0 => {
-                let (_, n) = varint(b)?;
-                b = &b[n..];
-                out.push((num, Field::Varint));
-            }
-            1 | 5 => {
-                let w = if key & 7 == 1 { 8 } else { 4 };
-                b = b.get(w..)?;
-                out.push((num, Field::Fixed));
-            }
-            2 => {
-                let (len, n) = varint(b)?;
-                let len = usize::try_from(len).ok()?;
-                let body = b.get(n..n.checked_add(len)?)?;
-                out.push((num, Field::Bytes(body)));
-                b = &b[n + len..];
-            }
-            _ => return None,
-        }
-        if out.len() > 10_000_000 {
-            return None;
-        }
+    if op.is_empty() {
+        return Err(ReadError::Malformed {
+            offset,
+            what: "graph node without an op",
+        });
     }
-    Some(out)
-}
-
-fn varint(b: &[u8]) -> Option<(u64, usize)> {
-    let mut v = 0u64;
-    for (i, &c) in b.iter().enumerate().take(10) {
-        v |= u64::from(c & 0x7f) << (7 * i);
-        if c & 0x80 == 0 {
-            return Some((v, i + 1));
-        }
-    }
-    None
+    Ok((name, op))
 }

@@ -19,6 +19,12 @@ pub trait ReadAt: Sync {
     fn as_file(&self) -> Option<&std::fs::File> {
         None
     }
+
+    /// The whole source, when it is already in memory (lets a reader look at it in place
+    /// instead of copying it out).
+    fn as_slice(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl ReadAt for [u8] {
@@ -33,6 +39,10 @@ impl ReadAt for [u8] {
         buf.copy_from_slice(src);
         Ok(())
     }
+
+    fn as_slice(&self) -> Option<&[u8]> {
+        Some(self)
+    }
 }
 
 impl ReadAt for Vec<u8> {
@@ -42,6 +52,10 @@ impl ReadAt for Vec<u8> {
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.as_slice().read_exact_at(buf, offset)
+    }
+
+    fn as_slice(&self) -> Option<&[u8]> {
+        Some(self)
     }
 }
 
@@ -56,6 +70,10 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
 
     fn as_file(&self) -> Option<&std::fs::File> {
         (**self).as_file()
+    }
+
+    fn as_slice(&self) -> Option<&[u8]> {
+        (**self).as_slice()
     }
 }
 

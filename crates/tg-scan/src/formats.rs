@@ -229,7 +229,7 @@ impl Cx<'_> {
     ) -> Result<(Vec<u8>, Analysis), String> {
         let size = src.size();
         let remaining = size.saturating_sub(pos);
-        let mut want = remaining.min(4 << 20);
+        let mut want = remaining.min(64 << 10);
         loop {
             let buf = self.read(src, pos, want).map_err(|e| e.to_string())?;
             let complete = want == remaining;
@@ -349,18 +349,10 @@ impl Cx<'_> {
 
     fn scan_stream(&mut self, src: &dyn ReadAt, ctx: Context, format: &'static str) -> Outcome {
         let size = src.size();
-        // Files up to 64 MiB are read once and every pickle in them analysed in place; larger
-        // ones (legacy checkpoints with gigabytes of raw storages after the pickles) are read
-        // a growing prefix at a time.
-        let whole = if size <= 64 << 20 {
-            match self.read(src, 0, size) {
-                Ok(b) => Some(b),
-                Err(e) => return unreadable("file", &e.to_string()),
-            }
-        } else {
-            None
-        };
-        let stream = match &whole {
+        // A source already in memory (a small file, an archive member) is analysed in place;
+        // a file is read a growing prefix at a time from each pickle on, so a legacy checkpoint
+        // with megabytes of raw storages after its pickles is never read in full.
+        let stream = match src.as_slice() {
             Some(b) => Stream::Mem(b),
             None => Stream::File(src),
         };
@@ -1064,6 +1056,11 @@ impl ReadAt for Window<'_> {
             .checked_add(offset)
             .ok_or_else(|| std::io::Error::other("offset overflows"))?;
         self.src.read_exact_at(buf, at)
+    }
+
+    fn as_slice(&self) -> Option<&[u8]> {
+        let start = usize::try_from(self.start).ok()?;
+        self.src.as_slice()?.get(start..)
     }
 }
 

@@ -639,10 +639,7 @@ pub(crate) fn scan_h5(bytes: &[u8]) -> (Vec<Finding>, Vec<String>) {
     let mut at = 0;
     // One pass over the `{` bytes; a parse reads at most one config-sized window, and the
     // windows of failed parses share one budget, so hostile files cannot make this quadratic.
-    while let Some(p) = bytes
-        .get(at..)
-        .and_then(|r| r.iter().position(|&c| c == b'{'))
-    {
+    while let Some(p) = bytes.get(at..).and_then(|r| memchr::memchr(b'{', r)) {
         let start = at + p;
         let rest = &bytes[start..];
         if !(rest.starts_with(b"{\"class_name\"") || rest.starts_with(b"{\"module\"")) {
@@ -695,7 +692,7 @@ pub(crate) fn scan_h5(bytes: &[u8]) -> (Vec<Finding>, Vec<String>) {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// Scan a zip as a Keras v3 `.keras` archive; `None` unless it has a top-level `config.json`

@@ -426,3 +426,45 @@ fn a_missing_path_is_an_error_and_exits_2() {
         error: failed to query resolved metadata `models/missing.pt`: No such file or directory (os error 2)
         "#);
 }
+
+/// A Hugging Face hub cache: `snapshots/<rev>/<name>` links to `blobs/<sha>`. Each real file
+/// is scanned once, under its snapshot name; naming a file and its folder scans it once too.
+#[test]
+fn a_hub_cache_scans_each_blob_once_under_its_snapshot_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("models--org--net");
+    fs_err::create_dir_all(repo.join("blobs")).unwrap();
+    fs_err::create_dir_all(repo.join("snapshots/abc123")).unwrap();
+    fs_err::copy(
+        fixtures_dir().join("torch_zip_benign.pt"),
+        repo.join("blobs/0f1e2d"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../../blobs/0f1e2d", repo.join("snapshots/abc123/model.pt"))
+        .unwrap();
+    let run = trainguard(tmp.path(), &["scan", "--format", "json", "."]);
+    assert_eq!(run.code, 0, "{}", shown(&run));
+    let paths: Vec<String> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        [r#""./models--org--net/snapshots/abc123/model.pt""#],
+        "{}",
+        shown(&run)
+    );
+
+    let run = trainguard(
+        tmp.path(),
+        &[
+            "scan",
+            "--format",
+            "json",
+            "models--org--net/blobs",
+            "models--org--net/blobs/0f1e2d",
+        ],
+    );
+    assert_eq!(run.stdout.lines().count(), 1, "{}", shown(&run));
+}

@@ -199,25 +199,30 @@ pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
         output::error(e);
     }
 
-    match args.format {
-        Format::Json => {
-            for r in &reports {
-                output::data(&tg_report::jsonl::line(r))?;
-            }
-        }
+    // One write for the whole report: stdout is line-buffered, and a line per write is a
+    // syscall per file.
+    let text = match args.format {
+        Format::Json => reports
+            .iter()
+            .map(tg_report::jsonl::line)
+            .collect::<Vec<_>>()
+            .join("\n"),
         Format::Sarif => {
             let log = tg_report::sarif::render(&reports, env!("CARGO_PKG_VERSION"));
-            output::data(&serde_json::to_string_pretty(&log)?)?;
+            serde_json::to_string_pretty(&log)?
         }
         Format::Human => {
-            for r in &reports {
-                if args.quiet && r.verdict == Verdict::Clean {
-                    continue;
-                }
-                output::data(&render_human(r))?;
-            }
-            output::data(&summary(&reports, errors.len(), started.elapsed()))?;
+            let mut lines: Vec<String> = reports
+                .iter()
+                .filter(|r| !(args.quiet && r.verdict == Verdict::Clean))
+                .map(render_human)
+                .collect();
+            lines.push(summary(&reports, errors.len(), started.elapsed()));
+            lines.join("\n")
         }
+    };
+    if !text.is_empty() {
+        output::data(&text)?;
     }
     let mut worst = reports
         .iter()
@@ -264,7 +269,8 @@ fn collect_files(
         };
         if meta.is_file() {
             // An explicitly named file is scanned even if an --include glob does not match.
-            files.push(root.clone());
+            let is_link = root.is_symlink();
+            files.push((root.clone(), is_link));
             continue;
         }
         let walker = walkdir::WalkDir::new(root)
@@ -274,53 +280,53 @@ fn collect_files(
         for entry in walker.filter_entry(|e| e.depth() == 0 || !matches(exclude, e.path())) {
             match entry {
                 Ok(e) => {
-                    let is_file =
-                        e.file_type().is_file() || (e.path_is_symlink() && e.path().is_file());
+                    let is_link = e.path_is_symlink();
+                    let is_file = e.file_type().is_file() || (is_link && e.path().is_file());
                     if !is_file {
                         continue;
                     }
                     if include.is_some_and(|inc| !matches(inc, e.path())) {
                         continue;
                     }
-                    files.push(e.into_path());
+                    files.push((e.into_path(), is_link));
                 }
                 Err(e) => errors.push(format!("cannot walk {}: {e}", root.display())),
             }
         }
     }
-    (dedupe_links(files), errors)
+    (dedupe_links(files, paths.len() > 1), errors)
 }
 
 /// A Hugging Face hub cache names every file twice: `snapshots/<rev>/<name>` is a symlink to
-/// `blobs/<sha>`. Scan each real file once, under the snapshot name users recognise.
-fn dedupe_links(files: Vec<PathBuf>) -> Vec<PathBuf> {
-    let mut seen: std::collections::HashMap<PathBuf, usize> = std::collections::HashMap::new();
-    let mut out: Vec<Option<PathBuf>> = Vec::with_capacity(files.len());
-    for path in files {
-        let Ok(real) = fs_err::canonicalize(&path) else {
-            out.push(Some(path));
+/// `blobs/<sha>`. Scan each real file (device and inode) once, under the snapshot name users
+/// recognise. Without symlinks and with one root, the walk cannot reach a file twice, and the
+/// per-file `stat` is skipped.
+fn dedupe_links(files: Vec<(PathBuf, bool)>, several_roots: bool) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    if !several_roots && files.iter().all(|(_, is_link)| !is_link) {
+        return files.into_iter().map(|(p, _)| p).collect();
+    }
+    let mut seen: std::collections::HashMap<(u64, u64), usize> = std::collections::HashMap::new();
+    let mut out: Vec<(PathBuf, bool)> = Vec::with_capacity(files.len());
+    for (path, is_link) in files {
+        let Ok(meta) = fs_err::metadata(&path) else {
+            out.push((path, is_link));
             continue;
         };
-        let is_link = path
-            .symlink_metadata()
-            .is_ok_and(|m| m.file_type().is_symlink());
-        match seen.get(&real) {
-            Some(&i) => {
-                let kept_is_link = out[i].as_ref().is_some_and(|p| {
-                    p.symlink_metadata()
-                        .is_ok_and(|m| m.file_type().is_symlink())
-                });
-                if is_link && !kept_is_link {
-                    out[i] = Some(path);
+        match seen.entry((meta.dev(), meta.ino())) {
+            std::collections::hash_map::Entry::Occupied(kept) => {
+                let kept = &mut out[*kept.get()];
+                if is_link && !kept.1 {
+                    *kept = (path, is_link);
                 }
             }
-            None => {
-                seen.insert(real, out.len());
-                out.push(Some(path));
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(out.len());
+                out.push((path, is_link));
             }
         }
     }
-    out.into_iter().flatten().collect()
+    out.into_iter().map(|(p, _)| p).collect()
 }
 
 fn render_human(r: &FileReport) -> String {

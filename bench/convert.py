@@ -7,7 +7,8 @@ scans the file, evaluates the rebuild calls symbolically and streams storages in
 
 One PyTorch zip checkpoint of --size-mb MiB (float32 matrices, one bf16 embedding, one
 transposed view) is written by real torch.save (cached in bench/out/convert/), then each tool
-converts it --runs times (page cache warm). Prints median wall clock, peak RSS and the ratio
+converts it --runs times (page cache warm; runs interleaved across tools, each one writing a new
+output file after a sync). Prints median wall clock, peak RSS and the ratio
 peer / trainguard, checks that both outputs hold identical tensors (trainguard diff, exit 0),
 and writes bench/out/convert.json. Standard library only; torch comes from --python.
 
@@ -80,17 +81,27 @@ def main() -> None:
         subprocess.run([args.python, "-c", MAKE, str(args.size_mb), str(ckpt)], check=True)
     tg_out, peer_out = OUT / "trainguard.safetensors", OUT / "peer.safetensors"
     tools = {
-        "trainguard": [args.trainguard, "convert", "--force", str(ckpt), str(tg_out)],
+        "trainguard": [args.trainguard, "convert", str(ckpt), str(tg_out)],
         "torch+safetensors": [args.python, "-c", PEER, str(ckpt), str(peer_out)],
         # The floor: copying the same bytes, no parsing at all.
         "cp": ["cp", str(ckpt), str(OUT / "copy.pt")],
     }
+    outputs = {"trainguard": tg_out, "torch+safetensors": peer_out, "cp": OUT / "copy.pt"}
+    runs: dict[str, list] = {name: [] for name in tools}
+    for _ in range(args.runs):
+        # Interleaved, so load drift on a shared machine hits every tool alike. Before each
+        # run, untimed: the previous output is deleted (every tool writes a new file; freeing
+        # the old one's pages is nobody's conversion work) and dirty pages are flushed (no
+        # tool pays for the previous one's writeback).
+        for name, cmd in tools.items():
+            outputs[name].unlink(missing_ok=True)
+            os.sync()
+            runs[name].append(timed(cmd))
     results = {}
-    for name, cmd in tools.items():
-        runs = [timed(cmd) for _ in range(args.runs)]
+    for name in tools:
         results[name] = {
-            "wall_s": statistics.median(r[0] for r in runs),
-            "peak_rss_mb": max(r[1] for r in runs) / (1 << 20),
+            "wall_s": statistics.median(r[0] for r in runs[name]),
+            "peak_rss_mb": max(r[1] for r in runs[name]) / (1 << 20),
         }
     same = subprocess.run([args.trainguard, "diff", str(tg_out), str(peer_out)],
                           stdout=subprocess.DEVNULL).returncode == 0

@@ -20,4 +20,4 @@ mod value;
 
 pub use machine::{AfterBuild, Analysis, End, Event, Hook, Limits, NoHook, Options, analyze};
 pub use op::Opcode;
-pub use value::{Arena, Bytes, Id, Value};
+pub use value::{Arena, Bytes, Call, GlobalName, Id, Value};

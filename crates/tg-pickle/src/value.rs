@@ -60,41 +60,56 @@ pub enum Value {
     /// A frozenset.
     FrozenSet(Vec<Id>),
     /// The object a `GLOBAL`, `STACK_GLOBAL` or `INST` resolved: `module.name` after
-    /// `find_class`. `name` may be dotted (attribute walk).
-    Global {
-        /// The module as written in the pickle.
-        module: String,
-        /// The attribute path as written in the pickle.
-        name: String,
-    },
+    /// `find_class`. Boxed, like [`Value::Call`]: imports and calls are few, while every value
+    /// would pay inline for the largest variant.
+    Global(Box<GlobalName>),
     /// A global whose name could not be resolved statically (`STACK_GLOBAL` fed by computed
     /// values, or `EXT*` codes from the copyreg registry).
     UnknownGlobal {
         /// Why it could not be resolved.
         why: String,
     },
-    /// What calling `callee` returned (`REDUCE`, `NEWOBJ`, `NEWOBJ_EX`, `INST`, `OBJ`), plus
-    /// whatever `BUILD`, `SETITEM(S)`, `APPEND(S)` later applied to it.
-    Call {
-        /// The callable.
-        callee: Id,
-        /// The positional arguments (a tuple).
-        args: Id,
-        /// Keyword arguments (`NEWOBJ_EX` only).
-        kwargs: Option<Id>,
-        /// The opcode that made the call.
-        opcode: Opcode,
-        /// State applied by `BUILD`.
-        state: Option<Id>,
-        /// Items added by `SETITEM(S)`.
-        items: Vec<(Id, Id)>,
-        /// Items added by `APPEND(S)` / `ADDITEMS`.
-        appended: Vec<Id>,
-    },
+    /// What calling a callable returned (`REDUCE`, `NEWOBJ`, `NEWOBJ_EX`, `INST`, `OBJ`), plus
+    /// whatever `BUILD`, `SETITEM(S)`, `APPEND(S)` later applied to it. Boxed, like
+    /// [`Value::Global`].
+    Call(Box<Call>),
     /// What the loader's `persistent_load(pid)` returned.
     Persistent(Id),
     /// An out-of-band buffer (protocol 5).
     Buffer,
+}
+
+// Every constant a pickle pushes (61k `BINFLOAT`s in one list, say) is a `Value` written to
+// memory touched for the first time, so in a short-lived scanner process its size is paid in
+// page faults: keep it at four words (`Vec`'s three plus the tag).
+const _: () = assert!(size_of::<Value>() <= 32);
+
+/// `module.name` of a [`Value::Global`], as written in the pickle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlobalName {
+    /// The module.
+    pub module: String,
+    /// The attribute path; may be dotted (attribute walk).
+    pub name: String,
+}
+
+/// A [`Value::Call`]: the callable, its arguments, and what was applied to the result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    /// The callable.
+    pub callee: Id,
+    /// The positional arguments (a tuple).
+    pub args: Id,
+    /// Keyword arguments (`NEWOBJ_EX` only).
+    pub kwargs: Option<Id>,
+    /// The opcode that made the call.
+    pub opcode: Opcode,
+    /// State applied by `BUILD`.
+    pub state: Option<Id>,
+    /// Items added by `SETITEM(S)`.
+    pub items: Vec<(Id, Id)>,
+    /// Items added by `APPEND(S)` / `ADDITEMS`.
+    pub appended: Vec<Id>,
 }
 
 /// Storage for every value of one analysis.
@@ -104,6 +119,12 @@ pub struct Arena {
 }
 
 impl Arena {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Arena {
+            values: Vec::with_capacity(n),
+        }
+    }
+
     /// The value at `id`.
     pub fn get(&self, id: Id) -> &Value {
         &self.values[id.0 as usize]
@@ -169,10 +190,18 @@ impl Arena {
         }
     }
 
+    /// The call a `Call` value records.
+    pub fn as_call(&self, id: Id) -> Option<&Call> {
+        match self.get(id) {
+            Value::Call(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// `module.name` of a global.
     pub fn global_name(&self, id: Id) -> Option<(&str, &str)> {
         match self.get(id) {
-            Value::Global { module, name } => Some((module, name)),
+            Value::Global(g) => Some((&g.module, &g.name)),
             _ => None,
         }
     }
@@ -271,18 +300,19 @@ impl Arena {
                 }
                 out.push('}');
             }
-            Value::Global { module, name } => {
-                let _ = write!(out, "{module}.{name}");
+            Value::Global(g) => {
+                let _ = write!(out, "{}.{}", g.module, g.name);
             }
             Value::UnknownGlobal { why } => {
                 let _ = write!(out, "<unresolved global: {why}>");
             }
-            Value::Call {
-                callee,
-                args,
-                kwargs,
-                ..
-            } => {
+            Value::Call(c) => {
+                let Call {
+                    callee,
+                    args,
+                    kwargs,
+                    ..
+                } = &**c;
                 self.render_into(*callee, input, depth + 1, out);
                 match self.get(*args) {
                     Value::Tuple(t) => seq(self, t, "(", ")", out),

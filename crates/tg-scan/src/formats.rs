@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tg_archive::decompress::{self, Compression};
 use tg_archive::{ReadAt, TarArchive, ZipArchive};
-use tg_pickle::{AfterBuild, Analysis, Arena, End, Hook, Id, NoHook, Options, Value};
+use tg_pickle::{AfterBuild, Analysis, Arena, Call, End, Hook, Id, NoHook, Options, Value};
 use tg_report::{Finding, Location, Verdict};
 
 use crate::Scanner;
@@ -1236,11 +1236,11 @@ impl Hook for JoblibHook {
         input: &[u8],
         target: Id,
     ) -> Result<AfterBuild, String> {
-        let Value::Call {
+        let Some(Call {
             callee,
             state: Some(state),
             ..
-        } = arena.get(target)
+        }) = arena.as_call(target)
         else {
             return Ok(AfterBuild::Continue);
         };
@@ -1289,7 +1289,7 @@ impl Hook for JoblibHook {
 /// Item size of `numpy.dtype('f8', False, True)`; `None` for object dtypes.
 fn dtype_itemsize(arena: &Arena, input: &[u8], dtype: Id) -> Result<Option<u64>, String> {
     let _ = input;
-    let Value::Call { callee, args, .. } = arena.get(dtype) else {
+    let Some(Call { callee, args, .. }) = arena.as_call(dtype) else {
         return Err("array dtype is not a numpy.dtype".into());
     };
     match full_name(arena, *callee).as_deref() {

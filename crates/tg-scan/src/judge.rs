@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tg_pickle::{Analysis, End, Event, Id, Value, names};
+use tg_pickle::{Analysis, Call, End, Event, Id, Value, names};
 use tg_report::{Finding, Location, Verdict};
 
 use crate::danger;
@@ -83,7 +83,7 @@ pub(crate) fn judge(
     let mut first_call: HashMap<Id, Id> = HashMap::new();
     for e in &a.events {
         if let Event::Call { id, .. } = e
-            && let Value::Call { callee, .. } = arena.get(*id)
+            && let Some(Call { callee, .. }) = arena.as_call(*id)
         {
             first_call.entry(*callee).or_insert(*id);
         }
@@ -129,7 +129,7 @@ pub(crate) fn judge(
                 }
             }
             Event::Call { id, offset } => {
-                let Value::Call { callee, args, .. } = arena.get(*id) else { continue };
+                let Some(Call { callee, args, .. }) = arena.as_call(*id) else { continue };
                 let args_items = arena.as_tuple(*args).unwrap_or(&[]);
                 match arena.get(*callee) {
                     Value::Global { .. } => {
@@ -197,7 +197,8 @@ pub(crate) fn judge(
                             Location::at(*offset),
                         ),
                     ),
-                    Value::Call { callee, .. } => {
+                    Value::Call(call) => {
+                        let callee = &call.callee;
                         let kind = globals.get(callee).and_then(|g| g.1);
                         if matches!(e, Event::Mutate { .. }) && !matches!(kind, Some(Kind::Class | Kind::Constructor)) {
                             let flagged = globals.get(callee).is_some_and(|g| g.1.is_none());
@@ -331,7 +332,8 @@ fn constant_bytes(a: &Analysis, input: &[u8], id: Id) -> Option<Vec<u8>> {
     match a.arena.get(id) {
         Value::Bytes { .. } => a.arena.as_bytes(id, input).map(<[u8]>::to_vec),
         Value::Str(s) => Some(s.chars().map(|c| c as u32 as u8).collect()),
-        Value::Call { callee, args, .. } => {
+        Value::Call(call) => {
+            let Call { callee, args, .. } = &**call;
             let (m, n) = a.arena.global_name(*callee)?;
             let items = a.arena.as_tuple(*args)?;
             let s = a.arena.as_str(*items.first()?)?;

@@ -134,6 +134,10 @@ impl Scanner {
             }
             let scanned = BUF.with(|buf| {
                 let mut bytes = buf.borrow_mut();
+                if bytes.capacity() < size as usize {
+                    // Growing would copy the old contents first: start afresh instead.
+                    *bytes = Vec::with_capacity(size as usize);
+                }
                 bytes.clear();
                 bytes.resize(size as usize, 0);
                 tg_archive::ReadAt::read_exact_at(&file, &mut bytes, 0)

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use tg_pickle::{Arena, Id, Value};
+use tg_pickle::{Arena, Call, Id, Value};
 
 use crate::dtype::{self, TorchType};
 use crate::error::Error;
@@ -165,14 +165,8 @@ impl Eval<'_> {
             Value::Global { .. } | Value::UnknownGlobal { .. } => self.opaque(id, "the object"),
             Value::Persistent(_) => self.opaque(id, "a bare storage"),
             Value::Buffer => Node::Opaque("an out-of-band buffer".into()),
-            Value::Call {
-                callee,
-                args,
-                state,
-                items,
-                ..
-            } => {
-                let (callee, args, state, items) = (*callee, *args, *state, items.clone());
+            Value::Call(c) => {
+                let (callee, args, state, items) = (c.callee, c.args, c.state, c.items.clone());
                 self.call(id, callee, args, state, &items, depth)?
             }
         };
@@ -327,13 +321,14 @@ impl Eval<'_> {
         match self.arena.get(id) {
             Value::None => true,
             Value::Dict(d) => d.is_empty(),
-            Value::Call {
-                callee,
-                args,
-                items,
-                state,
-                ..
-            } => {
+            Value::Call(call) => {
+                let Call {
+                    callee,
+                    args,
+                    items,
+                    state,
+                    ..
+                } = &**call;
                 matches!(
                     self.arena.global_name(*callee),
                     Some(("collections", "OrderedDict"))
@@ -355,10 +350,8 @@ impl Eval<'_> {
     fn uints(&self, id: Id, what: &str) -> Result<Vec<u64>, Error> {
         let items = match self.arena.get(id) {
             Value::Tuple(t) | Value::List(t) => t.clone(),
-            Value::Call { callee, args, .. }
-                if self.arena.global_name(*callee) == Some(("torch", "Size")) =>
-            {
-                match self.args(*args).first().map(|&l| self.arena.get(l)) {
+            Value::Call(call) if self.arena.global_name(call.callee) == Some(("torch", "Size")) => {
+                match self.args(call.args).first().map(|&l| self.arena.get(l)) {
                     Some(Value::Tuple(t) | Value::List(t)) => t.clone(),
                     _ => return Err(self.invalid(id, format!("{what} is not a tuple"))),
                 }

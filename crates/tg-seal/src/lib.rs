@@ -10,10 +10,10 @@
 //!
 //! Main design decision: we emit only what the `model_signing verify key` CLI accepts (file-level
 //! SHA-256; it ignores the recorded hashing config), so a file's digest is one sequential
-//! SHA-256. Parallelism is therefore across files (rayon), and every file streams through a
-//! fixed 1 MiB buffer, so memory is bounded by the number of worker threads, not file sizes. An
-//! optional digest cache ([`cache`]) skips files whose size, mtime, ctime, inode and device are
-//! unchanged.
+//! SHA-256. Parallelism is therefore across files (every rayon thread, largest files first), and
+//! every file streams through a fixed 1 MiB buffer, so memory is bounded by the number of
+//! worker threads, not file sizes. An optional digest cache ([`cache`]) skips files whose size,
+//! mtime, ctime, inode and device are unchanged.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), tg_seal::Error> {

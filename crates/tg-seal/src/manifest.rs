@@ -2,12 +2,11 @@
 
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
-
-use rayon::prelude::*;
+use std::sync::atomic::{self, AtomicBool, AtomicUsize};
 
 use crate::cache::{DigestCache, Fingerprint};
 use crate::error::{Error, Result};
-use crate::hash::{Digest, hash_reader};
+use crate::hash::{BUFFER_SIZE, Digest, ReadBuffer, hash_reader_with};
 
 /// The signature file name `model_signing` uses; `trainguard seal` writes `DIR/model.sig`.
 pub const DEFAULT_SIGNATURE_NAME: &str = "model.sig";
@@ -239,6 +238,7 @@ fn hash_one(
     path: &Path,
     listed: Option<(u64, u64)>,
     cache: Option<&DigestCache>,
+    buf: &mut [u8],
 ) -> Result<(Digest, u64, bool)> {
     let started = crate::cache::now_ns();
     let file = fs_err::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -262,7 +262,7 @@ fn hash_one(
     {
         return Ok((d, before.len(), true));
     }
-    let (digest, n) = hash_reader(&file).map_err(|e| Error::io(path, e))?;
+    let (digest, n) = hash_reader_with(&file, buf).map_err(|e| Error::io(path, e))?;
     if let (Some(cache), Some(fp)) = (cache, fp) {
         let after = file.metadata().map_err(|e| Error::io(path, e))?;
         // Only remember a digest if the file did not change while we read it.
@@ -273,8 +273,48 @@ fn hash_one(
     Ok((digest, n, false))
 }
 
-/// Builds the manifest of every file in `dir`, hashing files in parallel (rayon, one sequential
-/// SHA-256 per file, each streamed through a fixed buffer).
+/// `work` applied to every item, results in item order; an error stops every thread from
+/// starting another item and is returned.
+///
+/// Every thread of the current rayon pool takes the next unclaimed item (a shared counter), with
+/// its own aligned [`BUFFER_SIZE`] buffer, until none is left: items *start* in slice order
+/// (longest-processing-time-first when sorted by size), and no thread idles while an item is
+/// unclaimed. (A `par_iter` splits the list into ranges and idle threads steal the far end
+/// first, so its order is only roughly largest-first.)
+fn in_order_on_every_thread<T: Sync, R: Send>(
+    items: &[T],
+    work: impl Fn(&mut [u8], &T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let parts: Vec<Result<Vec<(usize, R)>>> = rayon::broadcast(|_| {
+        let mut buf = ReadBuffer::new(BUFFER_SIZE);
+        let mut done = Vec::new();
+        while !failed.load(atomic::Ordering::Relaxed) {
+            let i = next.fetch_add(1, atomic::Ordering::Relaxed);
+            let Some(item) = items.get(i) else { break };
+            match work(buf.as_mut(), item) {
+                Ok(r) => done.push((i, r)),
+                Err(e) => {
+                    failed.store(true, atomic::Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(done)
+    });
+    let mut all = Vec::with_capacity(items.len());
+    for part in parts {
+        all.extend(part?);
+    }
+    // Only a failure stops a thread before the list is exhausted, and it was returned above.
+    debug_assert_eq!(all.len(), items.len());
+    all.sort_unstable_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, r)| r).collect())
+}
+
+/// Builds the manifest of every file in `dir`, hashing files in parallel (every rayon thread,
+/// largest files first, one sequential SHA-256 per file, each streamed through a fixed buffer).
 ///
 /// Refuses symbolic links and special files, as `model_signing` does by default.
 pub fn manifest(dir: &Path, opts: &Options) -> Result<Manifest> {
@@ -291,18 +331,15 @@ pub fn manifest(dir: &Path, opts: &Options) -> Result<Manifest> {
         None => None,
     };
     let canonical = fs_err::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
-    // Largest files first, one file per task: the longest sequential digests start earliest,
-    // so the threads finish together.
+    // Largest files first: one file's digest is a sequential chain, so the longest ones must
+    // start earliest for the threads to finish together.
     let mut order: Vec<usize> = (0..files.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(files[i].size));
-    let mut hashed: Vec<(usize, (Digest, u64, bool))> = order
-        .par_iter()
-        .with_max_len(1)
-        .map(|&i| {
-            let f = &files[i];
-            hash_one(&canonical.join(&f.name), f.id, cache.as_ref()).map(|h| (i, h))
-        })
-        .collect::<Result<_>>()?;
+    let hashed = in_order_on_every_thread(&order, |buf, &i| {
+        let f = &files[i];
+        hash_one(&canonical.join(&f.name), f.id, cache.as_ref(), buf)
+    })?;
+    let mut hashed: Vec<(usize, (Digest, u64, bool))> = order.into_iter().zip(hashed).collect();
     hashed.sort_unstable_by_key(|(i, _)| *i);
     if let Some(cache) = cache {
         cache.save(&canonical)?;
@@ -350,9 +387,10 @@ mod tests {
         let path = dir.path().join("f");
         fs_err::write(&path, b"x").unwrap();
         let id = crate::cache::file_id(&fs_err::metadata(&path).unwrap());
-        assert!(hash_one(&path, id, None).is_ok());
+        let mut buf = ReadBuffer::new(BUFFER_SIZE);
+        assert!(hash_one(&path, id, None, buf.as_mut()).is_ok());
         let other = id.map(|(dev, ino)| (dev, ino.wrapping_add(1)));
-        let err = hash_one(&path, other, None).unwrap_err();
+        let err = hash_one(&path, other, None, buf.as_mut()).unwrap_err();
         assert!(matches!(err, Error::Replaced { .. }), "{err}");
     }
 

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
-use tg_watch::{Batch, Checked, Detector, EventError, Incident, RankView, RunWatch, Thresholds};
+use tg_watch::{Checked, Detector, Event, EventError, Incident, RankView, RunWatch, Thresholds};
 use tokio::sync::mpsc;
 
+use crate::commit::{Committer, Rows};
 use crate::error::Error;
 use crate::metrics::{Global, RunMetrics};
 use crate::store::{RunInfo, Store};
@@ -76,13 +78,15 @@ pub(crate) struct RunEntry {
 }
 
 pub(crate) struct State {
-    pub(crate) store: Store,
     pub(crate) runs: BTreeMap<String, RunEntry>,
     pub(crate) global: Global,
 }
 
 struct Shared {
+    /// Detector state and counters. Held briefly: never across a commit.
     state: Mutex<State>,
+    /// The store, behind the group commit.
+    committer: Committer,
     thresholds: Checked,
     allow_registration: bool,
     max_batch_events: usize,
@@ -198,10 +202,10 @@ impl Collector {
         let collector = Collector {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
-                    store,
                     runs,
                     global: Global::default(),
                 }),
+                committer: Committer::new(store),
                 thresholds,
                 allow_registration: config.allow_registration,
                 max_batch_events: config.max_batch_events,
@@ -216,7 +220,7 @@ impl Collector {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves counters possibly half-updated, never the
-        // store (SQLite transactions roll back): keep serving.
+        // store (it is not behind this lock): keep serving.
         self.shared
             .state
             .lock()
@@ -263,7 +267,10 @@ impl Collector {
         }
         let token = new_token()?;
         let hash = token_hash(&token);
-        state.store.put_run(&run, &hash, now_unix_s())?;
+        self.shared
+            .committer
+            .store()
+            .put_run(&run, &hash, now_unix_s())?;
         let watch = RunWatch::new(run.clone(), &self.shared.thresholds);
         state.runs.insert(
             run.clone(),
@@ -276,63 +283,75 @@ impl Collector {
         Ok((run, token))
     }
 
-    /// Authenticate, validate, store durably, then detect. Returns the number of events stored.
-    /// Blocking (SQLite fsync): call from a blocking thread.
+    /// Authenticate, validate, detect, then store durably. Returns the number of events stored,
+    /// once they are committed. Blocking (SQLite fsync): call from a blocking thread.
     pub fn ingest(&self, run: &str, token: Option<&str>, body: &[u8]) -> Result<usize, Error> {
-        // Authenticate under the lock; parse and validate outside it (the expensive part that
-        // needs no shared state); then detect and store under the lock again.
+        // Only the detectors need the state lock for long; parsing, validation and the commit
+        // run outside it, so concurrent batches overlap and share commits (crate::commit).
+        let hash = token.map(token_hash);
         {
             let mut guard = self.lock();
             let state = &mut *guard;
-            let Some(token) = token else {
+            let Some(hash) = hash else {
                 return Err(self.reject(state, "unauthorized", Error::Unauthorized));
             };
             let Some(entry) = state.runs.get(run) else {
                 return Err(self.reject(state, "unknown_run", Error::UnknownRun(run.to_string())));
             };
-            if entry.token_sha256 != token_hash(token) {
+            if entry.token_sha256 != hash {
                 return Err(self.reject(state, "forbidden", Error::Forbidden(run.to_string())));
             }
         }
-        let batch = self.parse(run, body).map_err(|(reason, err)| {
+        let (events, mut rows) = self.parse(run, body).map_err(|(reason, err)| {
             let mut state = self.lock();
             self.reject(&mut state, reason, err)
         })?;
-        // Stored as re-serialised (normalised) JSON, also prepared outside the lock.
-        let rows = batch
-            .events
-            .iter()
-            .map(|e| serde_json::to_string(e).map(|json| (e.rank, json)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let (ticket, incidents) = {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            let Some(entry) = state.runs.get_mut(run) else {
+                return Err(Error::UnknownRun(run.to_string()));
+            };
+            rows.now = now_unix_s();
+            for e in &events {
+                rows.incidents.extend(entry.watch.observe(e, rows.now));
+            }
+            // Incidents are rare: a copy for the metrics and the webhook is cheap.
+            let incidents = rows.incidents.clone();
+            // Queued under the lock: stored in the order the detectors saw the batches, which
+            // is the order a restart replays them in.
+            (self.shared.committer.submit(rows), incidents)
+        };
+        // Acknowledged only after the commit (and its fsync) that holds these rows.
+        self.shared.committer.wait(ticket)?;
         let mut guard = self.lock();
         let state = &mut *guard;
-        let now = now_unix_s();
-        let Some(entry) = state.runs.get_mut(run) else {
-            return Err(Error::UnknownRun(run.to_string()));
-        };
-        let mut incidents = Vec::new();
-        for e in &batch.events {
-            incidents.extend(entry.watch.observe(e, now));
-        }
-        // One transaction for the batch and what it revealed; acknowledged only after commit.
-        state.store.append(run, &rows, &incidents, now)?;
-        for e in &batch.events {
-            entry.metrics.event(e);
-        }
-        for i in &incidents {
-            entry.metrics.incident(i.detector);
+        if let Some(entry) = state.runs.get_mut(run) {
+            for e in &events {
+                entry.metrics.event(e);
+            }
+            for i in &incidents {
+                entry.metrics.incident(i.detector);
+            }
         }
         state.global.batches += 1;
-        state.global.events += batch.events.len() as u64;
+        state.global.events += events.len() as u64;
         drop(guard);
         self.notify(incidents);
-        Ok(batch.events.len())
+        Ok(events.len())
     }
 
-    /// Parse and validate a batch for `run`; on failure, the metrics reason and the error.
-    fn parse(&self, run: &str, body: &[u8]) -> Result<Batch, (&'static str, Error)> {
-        let batch: Batch = serde_json::from_slice(body)
+    /// Parse and validate a batch for `run`: the events, and the rows to store (each event's
+    /// JSON exactly as received, so nothing is serialised again); on failure, the metrics
+    /// reason and the error.
+    fn parse(&self, run: &str, body: &[u8]) -> Result<(Vec<Event>, Rows), (&'static str, Error)> {
+        /// The body with each event left as its JSON text: the same shape as [`tg_watch::Batch`].
+        #[derive(serde::Deserialize)]
+        struct RawBatch<'a> {
+            #[serde(borrow)]
+            events: Vec<&'a RawValue>,
+        }
+        let batch: RawBatch<'_> = serde_json::from_slice(body)
             .map_err(|e| ("bad_request", Error::BadJson(e.to_string())))?;
         if batch.events.len() > self.shared.max_batch_events {
             return Err((
@@ -340,7 +359,16 @@ impl Collector {
                 Error::BatchTooLarge(batch.events.len(), self.shared.max_batch_events),
             ));
         }
-        for (index, e) in batch.events.iter().enumerate() {
+        let mut events = Vec::with_capacity(batch.events.len());
+        let mut rows = Rows {
+            run: run.to_string(),
+            text: String::with_capacity(body.len()),
+            events: Vec::with_capacity(batch.events.len()),
+            ..Rows::default()
+        };
+        for (index, raw) in batch.events.iter().enumerate() {
+            let e = crate::decode::event(raw.get())
+                .map_err(|e| ("bad_request", Error::BadJson(format!("event {index}: {e}"))))?;
             let checked = e.validate().and_then(|()| {
                 if e.run == run {
                     Ok(())
@@ -354,8 +382,15 @@ impl Collector {
             if let Err(source) = checked {
                 return Err(("bad_event", Error::BadEvent { index, source }));
             }
+            // Stored as received: it parses back to this same event on replay. Fields the
+            // wire format does not know are kept too; they count against the body limit like
+            // everything else.
+            let start = rows.text.len();
+            rows.text.push_str(raw.get());
+            rows.events.push((e.rank, start..rows.text.len()));
+            events.push(e);
         }
-        Ok(batch)
+        Ok((events, rows))
     }
 
     fn notify(&self, incidents: Vec<Incident>) {
@@ -386,29 +421,35 @@ impl Collector {
             }
             found.extend(incidents);
         }
-        if !found.is_empty() {
-            state.store.append_incidents(&found)?;
+        if found.is_empty() {
+            return Ok(found);
         }
+        let ticket = self.shared.committer.submit(Rows {
+            incidents: found.clone(),
+            ..Rows::default()
+        });
         drop(guard);
+        self.shared.committer.wait(ticket)?;
         self.notify(found.clone());
         Ok(found)
     }
 
     /// Stored incidents of a run, oldest first (the last [`MAX_INCIDENTS_LISTED`]).
     pub fn incidents(&self, run: &str) -> Result<Vec<Incident>, Error> {
-        let state = self.lock();
-        if !state.runs.contains_key(run) {
+        if !self.lock().runs.contains_key(run) {
             return Err(Error::UnknownRun(run.to_string()));
         }
-        state.store.incidents(run, MAX_INCIDENTS_LISTED)
+        self.shared
+            .committer
+            .store()
+            .incidents(run, MAX_INCIDENTS_LISTED)
     }
 
     /// Every run, newest first.
     pub fn runs(&self) -> Result<Vec<RunSummary>, Error> {
+        let stored = self.shared.committer.store().runs()?;
         let state = self.lock();
-        Ok(state
-            .store
-            .runs()?
+        Ok(stored
             .into_iter()
             .map(|info| {
                 let (world_size, ranks) = state
@@ -436,7 +477,8 @@ impl Collector {
 
     /// The Prometheus exposition.
     pub fn metrics(&self, now: f64) -> String {
-        let state = self.lock();
+        let mut state = self.lock();
+        state.global.commits = self.shared.committer.commits();
         crate::metrics::render(
             state
                 .runs

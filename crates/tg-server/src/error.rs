@@ -50,6 +50,15 @@ pub enum Error {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+    /// The commit a batch shared with batches that arrived at the same time failed (group
+    /// commit); nothing in it was acknowledged. The first of them gets [`Error::Storage`].
+    #[error("storage failed at {path}: {message}")]
+    SharedCommit {
+        /// The database file.
+        path: String,
+        /// The SQLite error, as text.
+        message: String,
+    },
     /// A stored row could not be decoded.
     #[error("stored {what} {id} is corrupt: {source}")]
     Corrupt {
@@ -95,6 +104,7 @@ impl Error {
             }
             Error::BatchTooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Storage { .. }
+            | Error::SharedCommit { .. }
             | Error::Corrupt { .. }
             | Error::Bind { .. }
             | Error::Serve(_)

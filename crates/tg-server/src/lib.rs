@@ -4,7 +4,8 @@
 //! Design: evidence lives outside the training job. Each run has its own bearer token (issued
 //! once at registration, stored only as a SHA-256 hash), so a compromised job can write only its
 //! own run and never read or rewrite another's. A batch is committed to SQLite (WAL,
-//! `synchronous=FULL`) together with the incidents it revealed *before* it is acknowledged.
+//! `synchronous=FULL`) together with the incidents it revealed *before* it is acknowledged;
+//! batches that arrive together share one commit and its fsync (group commit, `commit.rs`).
 //! Detector state lives in memory and is rebuilt by replaying the stored events at start-up.
 //! The server binds loopback unless told otherwise. Reads (incidents, runs, metrics, dashboard)
 //! need a separate read token when one is configured ([`Config::read_token`]), so that a job's
@@ -17,7 +18,9 @@
 mod app;
 mod client;
 mod collector;
+mod commit;
 mod dashboard;
+mod decode;
 mod error;
 mod metrics;
 mod store;

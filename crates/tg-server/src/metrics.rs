@@ -76,6 +76,8 @@ impl RunMetrics {
 pub(crate) struct Global {
     pub(crate) batches: u64,
     pub(crate) events: u64,
+    /// Store commits (one fsync each), copied in from the committer when rendering.
+    pub(crate) commits: u64,
     pub(crate) rejected: BTreeMap<&'static str, u64>,
     pub(crate) webhook_delivered: u64,
     pub(crate) webhook_failed: u64,
@@ -137,6 +139,13 @@ pub(crate) fn render<'a>(
         "Events stored and acknowledged.",
     );
     let _ = writeln!(out, "trainguard_ingest_events_total {}", global.events);
+    header(
+        &mut out,
+        "trainguard_store_commits_total",
+        "counter",
+        "Durable commits (one fsync each); batches that arrive together share one.",
+    );
+    let _ = writeln!(out, "trainguard_store_commits_total {}", global.commits);
     header(
         &mut out,
         "trainguard_ingest_rejected_total",

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, params};
 use tg_watch::{Event, Incident};
 
+use crate::commit::Rows;
 use crate::error::Error;
 
 /// One registered run, as listed by `GET /v1/runs`.
@@ -20,6 +21,9 @@ pub struct RunInfo {
     /// Incidents stored.
     pub incidents: u64,
 }
+
+/// Page size of a new database, in bytes.
+const PAGE_SIZE: i64 = 16 * 1024;
 
 pub(crate) struct Store {
     conn: Connection,
@@ -56,6 +60,12 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(err)?;
+        // Only takes effect when the file is new (a WAL database keeps the page size it was
+        // created with). Events are ~0.5 KiB each and arrive in thousands per commit: with
+        // 16 KiB pages SQLite writes a quarter as many WAL frames and B-tree pages as with
+        // the default 4 KiB, about 15% less collector CPU per event (bench/ingest.py).
+        conn.pragma_update(None, "page_size", PAGE_SIZE)
+            .map_err(err)?;
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -123,15 +133,9 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Store a batch (`(rank, event JSON)` rows) and the incidents it raised in one transaction
-    /// (one fsync).
-    pub(crate) fn append(
-        &mut self,
-        run: &str,
-        events: &[(u32, String)],
-        incidents: &[Incident],
-        now: f64,
-    ) -> Result<(), Error> {
+    /// Store rows of one or more batches (a commit group) and their incidents in one
+    /// transaction: one fsync for all of them.
+    pub(crate) fn append(&mut self, group: &[&Rows]) -> Result<(), Error> {
         let path = self.path.display().to_string();
         let err = |source| Error::Storage {
             path: path.clone(),
@@ -144,23 +148,31 @@ impl Store {
                     "INSERT INTO events (run, rank, received_unix_s, body) VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(err)?;
-            for (rank, body) in events {
-                ins.execute(params![run, rank, now, body]).map_err(err)?;
+            for rows in group {
+                for (rank, span) in &rows.events {
+                    let body = &rows.text[span.clone()];
+                    ins.execute(params![rows.run, rank, rows.now, body])
+                        .map_err(err)?;
+                }
             }
-            insert_incidents(&tx, incidents).map_err(err)?;
+            for rows in group {
+                insert_incidents(&tx, &rows.incidents).map_err(err)?;
+            }
         }
         tx.commit().map_err(err)
     }
 
+    /// The database file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub(crate) fn append_incidents(&mut self, incidents: &[Incident]) -> Result<(), Error> {
-        let path = self.path.display().to_string();
-        let err = |source| Error::Storage {
-            path: path.clone(),
-            source,
+        let rows = Rows {
+            incidents: incidents.to_vec(),
+            ..Rows::default()
         };
-        let tx = self.conn.transaction().map_err(err)?;
-        insert_incidents(&tx, incidents).map_err(err)?;
-        tx.commit().map_err(err)
+        self.append(&[&rows])
     }
 
     pub(crate) fn incidents(&self, run: &str, limit: usize) -> Result<Vec<Incident>, Error> {
@@ -214,7 +226,7 @@ impl Store {
             let run: String = row.get(1).map_err(|e| self.err(e))?;
             let body: String = row.get(2).map_err(|e| self.err(e))?;
             let at: f64 = row.get(3).map_err(|e| self.err(e))?;
-            let event = serde_json::from_str(&body).map_err(|source| Error::Corrupt {
+            let event = crate::decode::event(&body).map_err(|source| Error::Corrupt {
                 what: "event",
                 id,
                 source,

@@ -533,6 +533,112 @@ fn loopback_ingestion_throughput() {
     assert_eq!(runs[0].info.events, total);
 }
 
+/// Many ranks posting at once share commits (group commit): every acknowledged event must be
+/// stored exactly once, each rank's events in the order it sent them, and a restart must
+/// replay all of them.
+#[test]
+fn concurrent_posters_lose_nothing() {
+    const RUNS: u32 = 2;
+    const RANKS: u32 = 6;
+    const BATCHES: u64 = 15;
+    const PER_BATCH: u64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("watch.db");
+    let c = Collector::open(Config::new(&db)).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    rt.spawn(axum::serve(listener, router(c.clone())).into_future());
+    let runs: Vec<(String, String)> = (0..RUNS)
+        .map(|r| {
+            let run = format!("crowd-{r}");
+            let token = Client::new(&url).unwrap().register(&run).unwrap();
+            (run, token)
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (run, token) in &runs {
+            for rank in 0..RANKS {
+                let client = Client::new(&url).unwrap().with_token(token.clone());
+                s.spawn(move || {
+                    for b in 0..BATCHES {
+                        let events: Vec<tg_watch::Event> = (0..PER_BATCH)
+                            .map(|i| {
+                                let n = b * PER_BATCH + i + 1;
+                                let v = step(run, rank, RANKS, n, 0.99, "abcd");
+                                serde_json::from_value(v).unwrap()
+                            })
+                            .collect();
+                        assert_eq!(client.send(run, events).unwrap(), PER_BATCH);
+                    }
+                });
+            }
+        }
+    });
+    let per_run = u64::from(RANKS) * BATCHES * PER_BATCH;
+    let metrics = c.metrics(0.0);
+    let counter = |name: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let batches = u64::from(RUNS * RANKS) * BATCHES;
+    assert_eq!(counter("trainguard_ingest_batches_total"), batches);
+    assert_eq!(
+        counter("trainguard_ingest_events_total"),
+        u64::from(RUNS) * per_run
+    );
+    let commits = counter("trainguard_store_commits_total");
+    assert!((1..=batches).contains(&commits), "{commits} commits");
+
+    // Exactly once, and in each rank's own order (the order replay feeds the detectors).
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let rows: Vec<(String, u32, u64)> = conn
+        .prepare("SELECT run, rank, json_extract(body, '$.step') FROM events ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    drop(conn);
+    assert_eq!(rows.len() as u64, u64::from(RUNS) * per_run);
+    let mut last: std::collections::BTreeMap<(String, u32), u64> = Default::default();
+    for (run, rank, n) in rows {
+        let previous = last.insert((run.clone(), rank), n).unwrap_or(0);
+        assert_eq!(
+            n,
+            previous + 1,
+            "{run} rank {rank}: step {n} after {previous}"
+        );
+    }
+    assert_eq!(last.len(), (RUNS * RANKS) as usize);
+    assert!(last.values().all(|&n| n == BATCHES * PER_BATCH));
+
+    // A restart replays every event into the detectors.
+    drop(rt);
+    drop(c);
+    let c = Collector::open(Config::new(&db)).unwrap();
+    for (run, _) in &runs {
+        let summary = c.runs().unwrap().into_iter().find(|r| r.info.run == *run);
+        assert_eq!(summary.unwrap().info.events, per_run);
+        let ranks = c.ranks(run).unwrap();
+        assert_eq!(ranks.len(), RANKS as usize);
+        assert!(
+            ranks
+                .iter()
+                .all(|r| r.last_step == Some(BATCHES * PER_BATCH))
+        );
+    }
+}
+
 #[tokio::test]
 async fn silences_are_reported_once_across_restarts() {
     let dir = tempfile::tempdir().unwrap();

@@ -36,21 +36,28 @@ impl Window {
         self.values.iter().copied()
     }
 
-    /// The values, sorted (NaN last).
-    pub(crate) fn sorted(&self) -> Vec<f64> {
-        let mut v: Vec<f64> = self.values.iter().copied().collect();
-        v.sort_by(f64::total_cmp);
-        v
+    /// The values, oldest first, as one slice.
+    pub(crate) fn as_slice(&mut self) -> &[f64] {
+        self.values.make_contiguous()
     }
 }
 
-/// Quantile `q` of sorted values by the nearest-rank method; NaN when empty.
-pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
+/// Quantile `q` by the nearest-rank method and the maximum (NaN sorts last, as in a sort by
+/// `total_cmp`) of values in any order; NaN when empty. One selection instead of a sort: the
+/// collector runs this every few steps of every rank, under its lock.
+pub(crate) fn quantile_max(values: &[f64], q: f64) -> (f64, f64) {
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
     }
-    let idx = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[idx]
+    let mut copy = values.to_vec();
+    let idx = ((q * copy.len() as f64).ceil() as usize).clamp(1, copy.len()) - 1;
+    let (_, at, above) = copy.select_nth_unstable_by(idx, f64::total_cmp);
+    let at = *at;
+    let max = above
+        .iter()
+        .copied()
+        .fold(at, |m, v| if v.total_cmp(&m).is_gt() { v } else { m });
+    (at, max)
 }
 
 /// Median of unsorted values (reorders them); NaN when empty.
@@ -70,12 +77,14 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-/// Median and median absolute deviation of sorted values.
-pub(crate) fn median_mad(sorted: &[f64]) -> (f64, f64) {
-    let mut copy = sorted.to_vec();
+/// Median and median absolute deviation of values in any order (two selections, no sort).
+pub(crate) fn median_mad(values: &[f64]) -> (f64, f64) {
+    let mut copy = values.to_vec();
     let med = median(&mut copy);
-    let mut dev: Vec<f64> = sorted.iter().map(|v| (v - med).abs()).collect();
-    (med, median(&mut dev))
+    for v in &mut copy {
+        *v = (*v - med).abs();
+    }
+    (med, median(&mut copy))
 }
 
 #[cfg(test)]
@@ -91,10 +100,14 @@ mod tests {
 
     #[test]
     fn quantile_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(quantile(&v, 0.5), 50.0);
-        assert_eq!(quantile(&v, 0.99), 99.0);
-        assert_eq!(quantile(&v, 1.0), 100.0);
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        v.reverse();
+        v.swap(3, 70);
+        assert_eq!(quantile_max(&v, 0.5), (50.0, 100.0));
+        assert_eq!(quantile_max(&v, 0.99), (99.0, 100.0));
+        assert_eq!(quantile_max(&v, 1.0), (100.0, 100.0));
+        assert_eq!(quantile_max(&[2.0, 1.0], 0.01), (1.0, 2.0));
+        assert!(quantile_max(&[], 0.5).0.is_nan());
     }
 
     #[test]
@@ -103,8 +116,8 @@ mod tests {
         for v in [1.0, 2.0, 3.0, 4.0] {
             w.push(v);
         }
-        assert_eq!(w.sorted(), vec![2.0, 3.0, 4.0]);
-        let (m, mad) = median_mad(&w.sorted());
-        assert_eq!((m, mad), (3.0, 1.0));
+        assert_eq!(w.as_slice(), [2.0, 3.0, 4.0]);
+        assert_eq!(median_mad(w.as_slice()), (3.0, 1.0));
+        assert_eq!(median_mad(&[4.0, 1.0, 3.0, 2.0, 10.0]), (3.0, 1.0));
     }
 }

@@ -1,18 +1,22 @@
-"""Tests of trainguard.watch: the update check, fingerprints, RNG hashes, spooling, and one replay
-scenario end to end against the real collector binary."""
+"""Tests of trainguard.watch: the update check, fingerprints, RNG hashes, spooling; data-parallel
+runs simulated in this process (a clean 2,000-step run, a tampered weight) and one replay
+scenario end to end, against the real collector binary."""
 
 from __future__ import annotations
 
+import copy
 import http.server
 import importlib.util
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,6 +32,16 @@ BINARY = Path(os.environ.get("TRAINGUARD_BIN", ROOT / "target" / "debug" / "trai
 # The installed package's module (scripts/test-python installs it); `trainguard.watch` itself is
 # the function, so the module is fetched from the import system.
 tw = importlib.import_module("trainguard.watch")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # These models are tiny: on a shared 2-core runner, torch's intra-op threads only add
+    # synchronisation (milliseconds per operator under load). Restored for the other modules.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _closed_port() -> int:
@@ -88,6 +102,30 @@ def test_update_cosine_is_plus_one_for_honest_steps(name, tmp_path):
         assert u["cosine"] > 0.999, (name, s["step"], u)
         assert u["update_norm"] == pytest.approx(u["expected_norm"], rel=1e-3)
         assert u["dot"] > 0
+
+
+@pytest.mark.parametrize("host", [True, False])
+def test_adam_reference_follows_a_parameter_that_skipped_a_step(host, tmp_path, monkeypatch):
+    # A parameter without a gradient at step 1 is skipped by Adam, so from then on its step count
+    # (and bias correction) lags the others': the reference must use each one's own count.
+    monkeypatch.setattr(tw, "_USE_NUMPY", host)
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    calls = {"n": 0}
+
+    def drop_one_grad(o, args, kwargs):  # registered before watch(): runs before its pre-hook
+        calls["n"] += 1
+        if calls["n"] == 1:
+            model[0].weight.grad = None  # the largest tensor: a wrong count would show
+
+    opt.register_step_pre_hook(drop_one_grad)
+    steps = _train(model, opt, 5, tmp_path, f"skip-{host}")
+    assert "update" not in steps[0]  # no exact reference at the step that skipped a parameter
+    counts = {float(opt.state[p]["step"]) for p in model.parameters()}
+    assert counts == {4.0, 5.0}
+    for s in steps[1:]:
+        assert s["update"]["cosine"] > 0.999, s
+        assert s["update"]["update_norm"] == pytest.approx(s["update"]["expected_norm"], rel=1e-3)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
@@ -151,50 +189,109 @@ def test_fingerprint_is_bitwise():
     assert tw.fingerprint(x.half()) != tw.fingerprint(x.half().neg())
 
 
-def test_replica_fingerprints_agree_until_one_weight_changes(tmp_path):
-    def replica():
-        model = _model(seed=3)
-        return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+def _replicas(tmp_path, name, steps, tamper, *, make=None, lr=1e-2, **kw):
+    """Two replicas of one run trained on the same data; `tamper(step, model)` runs on rank 1 after
+    each of its steps. Returns both ranks' step events."""
+    make = make or (lambda: _model(seed=3))
+    events = []
+    for rank in (0, 1):
+        model = make()
+        opt = torch.optim.AdamW(model.parameters(), lr=lr)
+        after = (lambda step, m=model: tamper(step, m)) if rank == 1 else None
+        events.append(_train(model, opt, steps, tmp_path, f"{name}-{rank}", run=name, rank=rank, world_size=2,
+                             after_step=after, **kw))
+    return events
 
-    a_model, a_opt = replica()
-    b_model, b_opt = replica()
-    a = _train(a_model, a_opt, 12, tmp_path, "rep-a", run="rep", rank=0, world_size=2, sample=16, full_every=10)
 
-    def tamper(step):
+def _differing_steps(a, b, field="param_fingerprint"):
+    assert [e["step"] for e in a] == [e["step"] for e in b]
+    return [e["step"] for e, f in zip(a, b) if e[field] != f[field]]
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last", "one-ulp"])
+def test_one_changed_weight_shows_at_the_first_step_after_it(where, tmp_path):
+    # Whatever the element, with tiny update-check windows and no positional slices: the word sums
+    # of every parameter at every step are what catches it.
+    def tamper(step, model):
+        if step != 5:
+            return
+        with torch.no_grad():
+            w = model[2].weight.view(-1)
+            i = {"first": 0, "middle": 61, "last": w.numel() - 1, "one-ulp": 7}[where]
+            if where == "one-ulp":
+                w[i] = torch.nextafter(w[i], torch.tensor(float("inf")))
+            else:
+                w[i] += 1e-3
+
+    a, b = _replicas(tmp_path, f"one-{where}", 8, tamper, sample=4, full_every=0)
+    assert _differing_steps(a, b) == [6, 7, 8]
+
+
+def test_a_permutation_inside_a_tensor_shows_within_full_every_steps(tmp_path):
+    # Swapping two float32 elements that sit in the same half of their 64-bit words keeps every
+    # word sum. In training the swap also changes the next update, which the sums do see; with
+    # lr=0 nothing else changes, and only the positional slices (one 1/full_every of the model
+    # per step) can see it.
+    def tamper(step, model):
         if step == 5:
             with torch.no_grad():
-                b_model[2].weight.view(-1)[77] += 1e-3
+                w = model[0].weight.view(-1)
+                w[[4, 200]] = w[[200, 4]]
 
-    b = _train(b_model, b_opt, 12, tmp_path, "rep-b", run="rep", rank=1, world_size=2, sample=16, full_every=10,
-               after_step=tamper)
-    for ea, eb in zip(a, b):
-        if ea["step"] <= 5:
-            assert ea["param_fingerprint"] == eb["param_fingerprint"], ea["step"]
-            assert ea["update_fingerprint"] == eb["update_fingerprint"], ea["step"]
-    # step 10 fingerprints every element: the changed weight shows whether or not it was sampled
-    assert a[9]["step"] == 10
-    assert a[9]["param_fingerprint"] != b[9]["param_fingerprint"]
+    a, b = _replicas(tmp_path, "perm-off", 12, tamper, lr=0.0, full_every=0)
+    assert _differing_steps(a, b) == []  # the limit of sums, written down
+    a, b = _replicas(tmp_path, "perm-on", 12, tamper, lr=0.0, full_every=4)
+    differing = _differing_steps(a, b)
+    assert differing and 6 <= differing[0] <= 5 + 4, differing
 
 
-def test_full_fingerprint_covers_model_buffers(tmp_path):
-    def replica():
+def test_fingerprint_covers_model_buffers_at_every_step(tmp_path):
+    def make():
         torch.manual_seed(4)
-        model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 4))
-        return model, torch.optim.SGD(model.parameters(), lr=0.01)
+        return torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 4))
 
-    a_model, a_opt = replica()
-    b_model, b_opt = replica()
-    a = _train(a_model, a_opt, 4, tmp_path, "buf-a", run="buf", rank=0, world_size=2, full_every=2)
-
-    def tamper(step):
+    def tamper(step, model):
         if step == 2:  # after step 2's fingerprint: only the buffer differs from then on
             with torch.no_grad():
-                b_model[1].running_var[3] = 1e-6
+                model[1].running_var[3] = 1e-6
 
-    b = _train(b_model, b_opt, 4, tmp_path, "buf-b", run="buf", rank=1, world_size=2, full_every=2,
-               after_step=tamper)
-    assert [e["param_fingerprint"] == f["param_fingerprint"] for e, f in zip(a, b)] == [True, True, True, False]
-    assert all(e["update_fingerprint"] == f["update_fingerprint"] for e, f in zip(a, b))
+    a, b = _replicas(tmp_path, "buf", 4, tamper, make=make, full_every=0)
+    assert _differing_steps(a, b) == [3, 4]
+
+
+def test_buffers_are_left_out_for_a_ddp_model_that_broadcasts_them(tmp_path):
+    # Under DDP each rank's forward updates batch-norm statistics from its own shard, so replicas
+    # differ there at the optimizer step by design (rank 0's are broadcast at the next forward).
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_closed_port()}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(4)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 4))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        ddp = DDP(model)
+        assert tw._Tracked(opt, model, host=True).buffers  # the bare module: buffers included
+        assert tw._Tracked(opt, ddp, host=True).buffers == []
+        assert tw._Tracked(opt, DDP(model, broadcast_buffers=False), host=True).buffers
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_device_code_path_agrees_with_the_host_path(tmp_path, monkeypatch):
+    # CUDA runs the torch code path (sums and the update check on the device); run it on the CPU
+    # and compare, so that it is tested where no GPU is.
+    runs = {}
+    for host in (True, False):
+        monkeypatch.setattr(tw, "_USE_NUMPY", host)
+        model = _model(seed=5)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+        runs[host] = _train(model, opt, 6, tmp_path, f"path-{host}", full_every=0)
+    for h, d in zip(runs[True], runs[False]):
+        assert h["param_fingerprint"] == d["param_fingerprint"], h["step"]
+        assert h["update_fingerprint"] == d["update_fingerprint"], h["step"]
+        assert h["update"]["cosine"] == pytest.approx(d["update"]["cosine"], abs=1e-5)
+        assert d["update"]["cosine"] > 0.999
 
 
 def test_rng_hash_changes_after_seeding_and_the_call_is_recorded(tmp_path):
@@ -305,14 +402,115 @@ def _binary_has_watch() -> tuple[bool, str]:
     return True, ""
 
 
-def test_replay_flip_scenario_against_the_real_collector(tmp_path):
+def _need_binary() -> None:
     ok, why = _binary_has_watch()
     if not ok:
         # Under scripts/test the binary is always built: missing it there is a failure.
         if os.environ.get("TRAINGUARD_BIN"):
             pytest.fail(why)
-        print(f"skipping the end-to-end replay: {why}")
+        print(f"skipping a test against the real collector: {why}")
         pytest.skip(why)
+
+
+@pytest.fixture
+def collector(tmp_path):
+    """`trainguard watch serve` on a free loopback port, for ranks simulated in this process;
+    yields its URL.
+
+    The simulated ranks take turns on one thread, so the time of a rank's step says nothing about
+    that rank: a pause of the shared machine lands in whichever rank is running, and by chance
+    one rank can collect enough of them to be called a straggler. The timing detector is given
+    floors these pauses cannot reach; every other detector keeps its defaults. (The replay runs
+    real processes with every default.)"""
+    _need_binary()
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps({"outlier_abs_s": 10.0, "slow_median_ratio": 100.0}))
+    proc = subprocess.Popen(
+        [str(BINARY), "watch", "serve", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "watch.db"),
+         "--thresholds", str(thresholds)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    line = proc.stderr.readline()
+    m = re.search(r"listening on (http://\S+)", line)
+    try:
+        assert m, f"collector did not start: {line!r}"
+        yield m.group(1).rstrip("/")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def _data_parallel(collector, tmp_path, run, steps, world=4, after_step=None):
+    """`world` replicas of one model trained in this process as DistributedDataParallel would train
+    them (one data shard each, gradients averaged across replicas before every step), each rank
+    watched by its own `watch` reporting to `collector`. Returns the run's incidents."""
+    _, token = tw.register_run(collector, run)
+    torch.manual_seed(11)
+    base = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    models = [copy.deepcopy(base) for _ in range(world)]
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01) for m in models]
+    watches = [
+        tw.watch(m, o, run=run, collector=collector, token=token, rank=r, world_size=world,
+                 spool=tmp_path / f"{run}.{r}.jsonl", flush_s=0.05)
+        for r, (m, o) in enumerate(zip(models, opts))
+    ]
+    shards = [torch.Generator().manual_seed(100 + r) for r in range(world)]
+    w_true = torch.randn(16, 1, generator=torch.Generator().manual_seed(7)) / 4
+    for step in range(1, steps + 1):
+        losses = []
+        for m, o, g in zip(models, opts, shards):
+            # Bounded inputs and a target the model can fit: once it has, the batch losses are the
+            # label noise's (no heavy tail for the loss-spike detector to find).
+            x = torch.rand(64, 16, generator=g) * 2 - 1
+            y = x @ w_true + 0.05 * torch.randn(64, 1, generator=g)
+            loss = torch.nn.functional.mse_loss(m(x), y)
+            o.zero_grad()
+            loss.backward()
+            losses.append(loss)
+        with torch.no_grad():  # the all-reduce: every replica gets the same mean, bit for bit
+            for ps in zip(*(m.parameters() for m in models)):
+                mean = torch.stack([p.grad for p in ps]).mean(0)
+                for p in ps:
+                    p.grad.copy_(mean)
+        for o, w, loss in zip(opts, watches, losses):
+            o.step()
+            w.log(loss=loss)
+        if after_step is not None:
+            after_step(step, models)
+    for w in watches:
+        assert w.close(timeout=30), w.stats()
+    ranks = _get(f"{collector}/v1/runs/{run}/ranks")
+    assert sorted((r["rank"], r["last_step"]) for r in ranks) == [(r, steps) for r in range(world)], ranks
+    return _get(f"{collector}/v1/runs/{run}/incidents")
+
+
+def test_a_clean_data_parallel_run_of_2000_steps_raises_no_incident(collector, tmp_path):
+    incidents = _data_parallel(collector, tmp_path, "clean-2000", 2000)
+    assert incidents == []
+
+
+def test_one_tampered_weight_on_one_rank_is_replica_divergence_at_the_first_affected_step(collector, tmp_path):
+    def tamper(step, models):
+        if step == 30:  # after step 30 was reported: step 31 is the first one it affects
+            with torch.no_grad():
+                models[2][0].weight.view(-1)[-1] += 1e-3
+
+    incidents = _data_parallel(collector, tmp_path, "tamper", 40, after_step=tamper)
+    assert incidents, "the tampered weight was not seen"
+    first = incidents[0]
+    assert (first["detector"], first["rank"], first["step"]) == ("replica_divergence", 2, 31), incidents
+    assert {i["rank"] for i in incidents} == {2}, incidents
+    fields = {m["field"] for m in first["evidence"]["mismatches"]}
+    assert "param_fingerprint" in fields, first
+
+
+def test_replay_flip_scenario_against_the_real_collector(tmp_path):
+    _need_binary()
     out = tmp_path / "replay.json"
     started = time.monotonic()
     proc = subprocess.run(

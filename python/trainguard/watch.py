@@ -21,13 +21,23 @@ hooks (``register_step_pre_hook`` / ``register_step_post_hook``, torch >= 2.0):
   On CUDA, ``device_s`` is the CUDA-event time of the same section (null on CPU).
 - the applied update Δθ (θ after − θ before) against the update the optimizer's state predicts
   (SGD: −lr·(momentum buffer or grad + weight decay); Adam/AdamW: −lr·m̂/(√v̂+ε) with bias
-  correction and decoupled decay), on a fixed random sample of at most ``sample`` elements:
-  their dot product, cosine and norms. A healthy step gives cosine ≈ +1, a flipped one ≈ −1.
-- fingerprints of the parameters and of the update that data-parallel replicas must share bit
-  for bit: each sampled element's bits, viewed as integers, reduced modulo 2^31−1 and summed with
-  two position-dependent weights, on the device; only a few int64 scalars reach the host. Every
-  ``full_every`` steps the parameter fingerprint covers every element and the model's buffers
-  (batch-norm statistics), so a single tampered weight outside the sample is still caught.
+  correction and decoupled decay), on a fixed random window of each parameter (at most
+  ``sample`` elements in all): their dot product, cosine and norms. A healthy step gives
+  cosine ≈ +1, a flipped one ≈ −1. The windows are contiguous so that reading them is a view
+  and one ``torch.cat`` per quantity, not an index gather per tensor.
+- fingerprints that data-parallel replicas must share bit for bit. The parameter fingerprint
+  covers *every* element of every parameter and buffer at *every* measured step: each tensor's
+  bytes are read as the widest integer words that tile them and summed with wrap-around (exact
+  and independent of summation order, so any thread count or device gives the same bits; one
+  memory pass at the speed of a float ``sum``); the per-tensor sums are hashed in order. Any
+  change to one element changes its word by a non-zero amount, hence the sum, so a single
+  tampered weight shows at the first step after it. Sums do not see a permutation inside a
+  tensor or edits made to cancel out, so each step also hashes one ``1/full_every`` slice of the
+  parameters position by position (SHA-256 of the bytes on the CPU, the two mod-(2^31−1) lanes
+  of :func:`fingerprint_lanes` on CUDA): every element is covered that way once per
+  ``full_every`` steps. The update fingerprint hashes the bytes of Δθ on the windows. On CUDA
+  only the per-tensor sums, two lanes and the windows' Δθ (a few thousand elements) are copied
+  to the host.
 - hashes of every RNG state (Python ``random``, NumPy's global generator, ``torch``'s CPU and
   every CUDA generator) and every seeding call (``random.seed``, ``numpy.random.seed``,
   ``torch.manual_seed``, ``torch.cuda.manual_seed(_all)``, wrapped from the moment this module and
@@ -38,9 +48,15 @@ hooks (``register_step_pre_hook`` / ``register_step_post_hook``, torch >= 2.0):
 
 Step events carry only the generators replicas must agree on: torch's (fixed default seed) and
 Python's and NumPy's once a recorded call seeded them (before that they come from OS entropy).
-On the CPU the full parameter fingerprint is a BLAKE2b of the bytes instead of the lanes. A step's
-record is queued at the next step (or `close()`), so `log(loss=...)` after `optimizer.step()`
-attaches to it; on CUDA it waits, without a host sync, until its events and copies completed.
+Buffers are left out of the fingerprint of a ``DistributedDataParallel`` model that broadcasts
+them: each rank's forward pass updates them (batch-norm statistics) from its own shard, so
+replicas legitimately differ at the optimizer step until the next forward re-broadcasts rank 0's.
+
+The training thread only takes what must be read at the step (the windows, the word sums, raw
+generator states, a copy of the hashed slice); hashing, building the event and JSON happen on
+the sender thread. A step's record is queued at the next step (or `close()`), so
+`log(loss=...)` after `optimizer.step()` attaches to it; on CUDA it waits, without a host sync,
+until its events and copies completed.
 `close()` (or leaving the `with` block without an exception) sends a `process_exit` with status 0,
 so a finished rank is not reported missing; after an exception no exit is claimed.
 
@@ -56,8 +72,10 @@ The wire format is the one documented in the ``tg-watch`` crate (``crates/tg-wat
 
 from __future__ import annotations
 
+import array
 import atexit
 import collections
+import ctypes
 import getpass
 import hashlib
 import importlib.abc
@@ -90,6 +108,8 @@ _LANES = (
     (1_103_515_245 % _P, 12_345),
     (1_664_525, 1_013_904_223 % _P),
 )
+#: Per-tensor word sums are hashed as their low 64 bits.
+_M64 = (1 << 64) - 1
 #: Events in one POST.
 _MAX_BATCH = 500
 #: Limits from the wire format (crates/tg-watch/src/event.rs).
@@ -211,9 +231,21 @@ class _SeedHookFinder(importlib.abc.MetaPathFinder):
 
     _names = ("torch", "numpy.random")
 
+    def __init__(self) -> None:
+        # Set while this finder asks the others: a second copy of this module (loaded from a
+        # file path, as the benchmark does) installs its own finder, which asks this one back.
+        self._asking = threading.local()
+
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name not in self._names:
+        if name not in self._names or getattr(self._asking, "on", False):
             return None
+        self._asking.on = True
+        try:
+            return self._find(name, path, target)
+        finally:
+            self._asking.on = False
+
+    def _find(self, name: str, path: Any, target: Any) -> Any:
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
                 continue
@@ -246,37 +278,90 @@ _install_seed_hooks()
 # --------------------------------------------------------------------------------------------
 
 
-def _h(data: bytes) -> str:
+def _h(data: Any) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+#: Bytes of NumPy's `mt19937_state` struct: 624 uint32 key words and the int position.
+_MT_STATE_BYTES = 624 * 4 + 4
+_np_state_cache: Optional[tuple[Any, int]] = None
+
+
+def _numpy_state(np: Any) -> Any:
+    """The global NumPy generator's state, cheaply.
+
+    ``np.random.get_state()`` builds a tuple around a copy of the 624-word key (tens of µs);
+    through the bit generator's documented ``ctypes.state_address`` the same key and position are
+    one 2,500-byte copy. The legacy Gaussian cache is not part of that struct: a replica that
+    differs only there shows at the next step, when the draws that consume it have moved the
+    key. Any other bit generator falls back to ``get_state``.
+    """
+    global _np_state_cache
+    bg = getattr(getattr(np.random.mtrand, "_rand", None), "_bit_generator", None)
+    cached = _np_state_cache
+    if cached is None or cached[0] is not bg:
+        if type(bg).__name__ != "MT19937":
+            kind, keys, pos, has_gauss, gauss = np.random.get_state()
+            return kind.encode() + keys.tobytes() + repr((int(pos), int(has_gauss), float(gauss))).encode()
+        # Holding `bg` keeps the struct alive and the cached address valid.
+        cached = _np_state_cache = (bg, int(bg.ctypes.state_address))
+    return ctypes.string_at(cached[1], _MT_STATE_BYTES)
+
+
+def _rng_capture(names: Iterable[str]) -> dict[str, Any]:
+    """The raw states of the generators named (copies, taken now; hashed by `_rng_digest`)."""
+    out: dict[str, Any] = {}
+    for name in names:
+        if name == "python":
+            out[name] = _random.getstate()  # an immutable tuple
+        elif name == "numpy":
+            np = sys.modules.get("numpy")
+            if np is None:
+                try:
+                    import numpy as np
+                except ImportError:
+                    continue
+            out[name] = _numpy_state(np)
+        elif name == "torch_cpu":
+            torch = sys.modules.get("torch")
+            if torch is not None:
+                out[name] = torch.get_rng_state()  # a new tensor: later draws do not change it
+        elif name == "torch_cuda":
+            torch = sys.modules.get("torch")
+            # is_initialized() first: is_available() asks NVML or the driver (tens of µs).
+            if torch is not None and torch.cuda.is_initialized() and torch.cuda.is_available():
+                out[name] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _rng_digest(name: str, raw: Any) -> str:
+    if name == "python":
+        version, internal, gauss = raw
+        try:
+            words = array.array("I", internal).tobytes()  # 624 words < 2^32 and the index
+        except (OverflowError, TypeError):
+            words = repr(internal).encode()
+        return _h(words + repr((version, gauss)).encode())
+    if name == "numpy":
+        return _h(raw)
+    if name == "torch_cpu":
+        return _h(raw.numpy().tobytes())
+    return _h(b"".join(s.numpy().tobytes() for s in raw))
+
+
+def _rng_digests(raw: dict[str, Any]) -> dict[str, str]:
+    return {name: _rng_digest(name, state) for name, state in raw.items()}
 
 
 def rng_hashes(names: Iterable[str] = _RNG_NAMES) -> dict[str, str]:
     """Hex hashes of the generator states named (those available in this process)."""
-    out: dict[str, str] = {}
     names = set(names)
-    if "python" in names:
-        out["python"] = _h(repr(_random.getstate()).encode())
-    if "numpy" in names:
+    if names & {"torch_cpu", "torch_cuda"}:
         try:
-            import numpy as np
-
-            kind, keys, pos, has_gauss, cached = np.random.get_state()
-            out["numpy"] = _h(
-                kind.encode() + keys.tobytes() + repr((int(pos), int(has_gauss), float(cached))).encode()
-            )
+            import torch  # noqa: F401  (imported here so that _rng_capture finds it)
         except ImportError:
             pass
-    if "torch_cpu" in names or "torch_cuda" in names:
-        try:
-            import torch
-        except ImportError:
-            return out
-        if "torch_cpu" in names:
-            out["torch_cpu"] = _h(torch.get_rng_state().numpy().tobytes())
-        if "torch_cuda" in names and torch.cuda.is_available() and torch.cuda.is_initialized():
-            states = torch.cuda.get_rng_state_all()
-            out["torch_cuda"] = _h(b"".join(s.numpy().tobytes() for s in states))
-    return out
+    return _rng_digests(_rng_capture(n for n in _RNG_NAMES if n in names))
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +449,7 @@ def _scalar(v: Any) -> float:
 
 def _expected_sgd(group: dict, buf: Optional[Any], p_before: Any, grad: Any) -> Any:
     """−lr·d for torch.optim.SGD, d = the post-step momentum buffer (or the nesterov mix) or
-    grad + wd·θ; flat float64 tensors in and out."""
+    grad + wd·θ; flat float32 arrays (NumPy or torch) in and out."""
     lr = _scalar(group["lr"])
     momentum = group.get("momentum", 0.0) or 0.0
     wd = group.get("weight_decay", 0.0) or 0.0
@@ -375,21 +460,28 @@ def _expected_sgd(group: dict, buf: Optional[Any], p_before: Any, grad: Any) -> 
         d = g + momentum * buf if group.get("nesterov", False) else buf
     else:
         d = g
-    return -lr * d
+    return d * -lr
 
 
-def _expected_adam(group: dict, m: Any, v: Any, step: Any, p_before: Any, decoupled: bool) -> Any:
-    """−lr·m̂/(√v̂+ε) (and −lr·wd·θ for AdamW) for torch.optim.Adam/AdamW from the post-step state;
-    `step` is a number or a per-element tensor."""
+def _expected_adam(xp: Any, group: dict, m: Any, v: Any, step: Any, p_before: Any, decoupled: bool) -> Any:
+    """−lr·m̂/(√v̂+ε) (and −lr·wd·θ for AdamW) for torch.optim.Adam/AdamW from the post-step state,
+    with `xp` NumPy or torch; `step` is a number or a per-element array."""
     lr = _scalar(group["lr"])
     beta1, beta2 = (_scalar(b) for b in group["betas"])
     eps = _scalar(group["eps"])
     bc1 = 1 - beta1 ** step
     bc2 = 1 - beta2 ** step
-    u = -(lr / bc1) * m / (v.sqrt() / (bc2 ** 0.5) + eps)
+    denom = xp.sqrt(v)
+    if isinstance(step, (int, float)):
+        denom *= 1.0 / math.sqrt(bc2)
+        denom += eps
+        u = m / denom
+        u *= -lr / bc1
+    else:
+        u = (m / (denom / bc2 ** 0.5 + eps)) * (-lr / bc1)
     wd = group.get("weight_decay", 0.0) or 0.0
     if decoupled and wd:
-        u = u - lr * wd * p_before
+        u -= p_before * (lr * wd)
     return u
 
 
@@ -401,90 +493,245 @@ def _optimizer_kind(optimizer: Any) -> Optional[str]:
     return kinds.get(type(optimizer))
 
 
-class _Sample:
-    """A fixed random sample of one parameter's elements (chosen once, the same on every rank)."""
+class _Views:
+    """Windows [lo, hi) of a list of tensors that live across steps (the parameters, one kind of
+    optimizer state), kept as views and concatenated into a new flat array in one call.
 
-    __slots__ = ("param", "group", "idx", "pos", "offset", "lo", "hi")
+    On the host the views are NumPy arrays: a NumPy call costs the training thread a fraction of a
+    torch operator's dispatch, and the update check is a dozen of them. Slicing costs a few µs per
+    tensor; checking that no tensor moved (``p.data = ...``, ``load_state_dict``) is one list of
+    data pointers, a tenth of that. The cached views keep the old storages alive, so a new tensor
+    cannot reuse a cached address unnoticed."""
 
-    def __init__(self, param: Any, group: dict, idx: Any, offset: int) -> None:
-        self.param = param
-        self.group = group
-        self.idx = idx
-        self.pos = idx + offset
-        self.offset = offset
-        self.lo = self.hi = 0
+    __slots__ = ("spans", "np", "ptrs", "views")
+
+    def __init__(self, spans: list[tuple[int, int]], np: Any) -> None:
+        self.spans = spans
+        self.np = np  # NumPy on the host path, else None (torch)
+        self.ptrs: Optional[list[int]] = None
+        self.views: list[Any] = []
+
+    def cat(self, tensors: list[Any]) -> Any:
+        """A copy of `tensors[i]` at span i, flat; None when a tensor is too small for its span."""
+        ptrs = [t.data_ptr() for t in tensors]
+        if ptrs != self.ptrs:
+            views = []
+            for t, (lo, hi) in zip(tensors, self.spans):
+                flat = t.detach().reshape(-1)
+                if flat.numel() < hi:
+                    return None
+                views.append(flat.numpy()[lo:hi] if self.np is not None else flat[lo:hi])
+            # A non-contiguous tensor's reshape is a copy: such lists are re-read every time.
+            contiguous = all(t.is_contiguous() for t in tensors)
+            self.ptrs, self.views = (ptrs, views) if contiguous else (None, [])
+        else:
+            views = self.views
+        if self.np is not None:
+            return self.np.concatenate(views)
+        import torch
+
+        return torch.cat(views) if len(views) > 1 else views[0].clone()
 
 
 class _Bucket:
-    """The samples of one (device, dtype, param group), gathered into flat buffers each step so
-    that the fingerprints and the update check are a few vector operations, not a few per tensor."""
+    """The windows of a chunk of parameters of one (device, dtype, param group): the update check
+    and the update fingerprint are one concatenation per quantity and a few vector operations."""
 
-    def __init__(self, samples: list[_Sample]) -> None:
+    def __init__(self, params: list[Any], group: dict, spans: list[tuple[int, int]], np: Any) -> None:
         import torch
 
-        first = samples[0].param
-        self.samples = samples
-        self.group = samples[0].group
-        n = 0
-        for s in samples:
-            s.lo, s.hi = n, n + s.idx.numel()
-            n = s.hi
-        self.n = n
-        self.counts = torch.tensor([s.hi - s.lo for s in samples], device=first.device)
-        self.pos = torch.cat([s.pos for s in samples])
-        _, per = _words(torch.empty(1, dtype=first.dtype))
-        self.weights = _lane_weights(self.pos, per)
-        self.before = torch.empty(n, dtype=first.dtype, device=first.device)
-        self.after = torch.empty_like(self.before)
-        self.have_before = False
+        self.params = params
+        self.group = group
+        self.spans = spans
+        self.np = np
+        self.param_views = _Views(spans, np)
+        self.state_views: dict[str, _Views] = {}
+        self.step_views = _Views([(0, 1)] * len(params), np)
+        counts = [hi - lo for lo, hi in spans]
+        self.counts = np.array(counts) if np is not None else torch.tensor(counts, device=params[0].device)
+        self.before: Any = None
+        # The per-parameter optimizer state dicts, re-read when the optimizer's state table is
+        # replaced or grows (`load_state_dict`, the first step); each dict is updated in place.
+        self._states: Optional[list[dict]] = None
+        self._states_key: Any = None
 
-    def gather(self, tensors: list[Any], dtype: Any = None) -> Any:
-        """`tensors[i]` (aligned with the samples) at the sampled positions, as one flat tensor."""
+    def states(self, optimizer: Any) -> list[dict]:
+        table = optimizer.state
+        key = (id(table), len(table))
+        if key != self._states_key or self._states is None:
+            self._states = [table.get(p) or {} for p in self.params]
+            self._states_key = key
+        return self._states
+
+    def gather_state(self, states: list[dict], key: str) -> Any:
+        """The optimizer state `key` (a tensor per parameter) at the windows, or None."""
         import torch
 
-        out = torch.empty(self.n, dtype=dtype or tensors[0].dtype, device=self.before.device)
-        return self.gather_into(tensors, out)
+        tensors = [st.get(key) for st in states]
+        if not all(isinstance(t, torch.Tensor) for t in tensors):
+            return None
+        views = self.state_views.get(key)
+        if views is None:
+            views = self.state_views[key] = _Views(self.spans, self.np)
+        return views.cat(tensors)
 
-    def gather_into(self, tensors: list[Any], out: Any) -> Any:
+    def gather_fresh(self, tensors: list[Any]) -> Any:
+        """The windows of tensors that are new every step (gradients): nothing is cached."""
         import torch
 
-        for s, t in zip(self.samples, tensors):
-            src = t.detach().reshape(-1)
-            if src.dtype == out.dtype and src.device == out.device:
-                torch.index_select(src, 0, s.idx, out=out[s.lo:s.hi])
-            else:
-                out[s.lo:s.hi].copy_(src.index_select(0, s.idx))
-        return out
+        flats = [t.detach().reshape(-1) for t in tensors]
+        if self.np is not None:
+            return self.np.concatenate([f.numpy()[lo:hi] for f, (lo, hi) in zip(flats, self.spans)])
+        views = [f[lo:hi] for f, (lo, hi) in zip(flats, self.spans)]
+        return torch.cat(views) if len(views) > 1 else views[0].clone()
+
+    def f32(self, x: Any) -> Any:
+        if self.np is not None:
+            return x.astype(self.np.float32, copy=False)
+        return x.float()  # no copy when it already is
 
 
-def _choose_samples(optimizer: Any, budget: int, seed: int) -> list[_Bucket]:
+#: Parameters whose update is checked at one step. Every tensor costs the training thread a few
+#: µs per step here (pointer checks, state look-ups), so larger models rotate through chunks of
+#: this many: a whole-model flip shows at its first step, one confined to a single tensor within
+#: one rotation.
+_CHECK_TENSORS = 16
+
+#: Read host tensors through NumPy (tests switch it off to run the device code path on the CPU).
+_USE_NUMPY = True
+
+#: Parameter dtypes NumPy can view: a model with others (bfloat16) takes the torch path.
+_HOST_DTYPES = ("torch.float16", "torch.float32", "torch.float64")
+
+
+def _plan_windows(optimizer: Any, budget: int, seed: int, np: Any) -> list[_Bucket]:
+    """Chunks of at most `_CHECK_TENSORS` parameters of one (device, dtype, param group), with a
+    random window per parameter sized in proportion to it within its chunk (at least one
+    element, about `budget` per chunk); the same on every rank for the same `seed`."""
     import torch
 
     params: list[tuple[Any, dict]] = []
     seen: set[int] = set()
     for group in optimizer.param_groups:
         for p in group["params"]:
-            if id(p) in seen:
+            if id(p) in seen or p.numel() == 0:
                 continue
             seen.add(id(p))
             params.append((p, group))
-    total = sum(p.numel() for p, _ in params)
-    gen = torch.Generator().manual_seed(seed)
-    buckets: dict[tuple, list[_Sample]] = {}
-    offset = 0
+    by_kind: dict[tuple, list[tuple[Any, dict]]] = {}
     for p, group in params:
-        n = p.numel()
-        if n == 0:
-            continue
-        share = max(1, min(n, (budget * n) // max(1, total)))
-        if share >= n:
-            idx = torch.arange(n)
-        else:
-            idx = torch.randperm(n, generator=gen)[:share].sort().values
-        key = (str(p.device), p.dtype, id(group))
-        buckets.setdefault(key, []).append(_Sample(p, group, idx.to(p.device), offset))
+        by_kind.setdefault((str(p.device), p.dtype, id(group)), []).append((p, group))
+    gen = torch.Generator().manual_seed(seed)
+    chunks = []
+    for members in by_kind.values():
+        for start in range(0, len(members), _CHECK_TENSORS):
+            chunk = members[start:start + _CHECK_TENSORS]
+            total = sum(p.numel() for p, _ in chunk)
+            spans = []
+            for p, _ in chunk:
+                n = p.numel()
+                share = max(1, min(n, (budget * n) // max(1, total)))
+                lo = int(torch.randint(0, n - share + 1, (1,), generator=gen))
+                spans.append((lo, lo + share))
+            chunks.append(_Bucket([p for p, _ in chunk], chunk[0][1], spans, np))
+    return chunks
+
+
+def _sum_words(t: Any) -> Any:
+    """`t`'s bytes as a flat tensor of the widest integer words that tile them (a view of `t` when
+    it is contiguous). Summing words with wrap-around is exact, so the order of the summation
+    (threads, devices, kernels) cannot change the result, and one changed byte always changes it."""
+    import torch
+
+    flat = t.detach().reshape(-1).view(torch.uint8)
+    for size, dtype in ((8, torch.int64), (4, torch.int32), (2, torch.int16)):
+        if flat.numel() % size == 0:
+            try:
+                return flat.view(dtype)
+            except RuntimeError:  # a storage offset that the wider word does not divide
+                continue
+    return flat
+
+
+class _Tracked:
+    """The tensors the parameter fingerprint covers: the optimizer's parameters, then the model's
+    buffers (read from their modules every step, since a buffer is replaced by assignment), with
+    their word views cached while no data pointer changes (see `_Views`)."""
+
+    def __init__(self, optimizer: Any, model: Any, host: bool) -> None:
+        import torch
+
+        seen: set[int] = set()
+        self.params: list[Any] = []
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    self.params.append(p)
+        self.buffers: list[tuple[Any, str]] = []
+        if not _buffers_differ_by_design(model):
+            modules = getattr(model, "modules", None)
+            for module in modules() if callable(modules) else ():
+                for name, buf in getattr(module, "_buffers", {}).items():
+                    if buf is not None:
+                        self.buffers.append((module, name))
+        self.host = host  # NumPy views (CPU) or torch views (any device)
+        self.empty = torch.empty(0)
+        self.ptrs: Optional[list[int]] = None
+        self.words: list[Any] = []  # per tensor: its words (NumPy on the host path)
+        self.raw: list[Any] = []  # per tensor: its bytes as uint8 (host path only)
+        self.sizes: list[int] = []  # elements per tensor
+        self.esizes: list[int] = []  # bytes per element
+
+    def tensors(self) -> list[Any]:
+        if not self.buffers:
+            return self.params
+        out = list(self.params)
+        for module, name in self.buffers:
+            b = getattr(module, name, None)
+            out.append(b if b is not None else self.empty)
+        return out
+
+    def refresh(self, tensors: list[Any]) -> None:
+        """Re-derive the word views when a tensor moved (or every time for non-contiguous ones)."""
+        import torch
+
+        ptrs = [t.data_ptr() for t in tensors]
+        if ptrs == self.ptrs:
+            return
+        words = [_sum_words(t) for t in tensors]
+        if self.host:
+            self.raw = [w.view(torch.uint8).numpy() for w in words]
+            words = [w.numpy() for w in words]
+        self.words = words
+        self.sizes = [t.numel() for t in tensors]
+        self.esizes = [t.element_size() for t in tensors]
+        self.ptrs = ptrs if all(t.is_contiguous() for t in tensors) else None
+
+
+def _buffers_differ_by_design(model: Any) -> bool:
+    """True for a DistributedDataParallel model that broadcasts its buffers at each forward: the
+    forward then updates them from the rank's own shard, so replicas differ at the optimizer step."""
+    return bool(getattr(model, "broadcast_buffers", False)) and hasattr(model, "module") and hasattr(
+        model, "process_group"
+    )
+
+
+def _slice_ranges(sizes: list[int], part: int, parts: int) -> list[tuple[int, int, int]]:
+    """(tensor index, lo, hi): the elements of slice `part` of `parts` of the concatenation."""
+    total = sum(sizes)
+    a, b = part * total // parts, (part + 1) * total // parts
+    out = []
+    offset = 0
+    for i, n in enumerate(sizes):
+        lo, hi = max(a, offset), min(b, offset + n)
+        if lo < hi:
+            out.append((i, lo - offset, hi - offset))
         offset += n
-    return [_Bucket(samples) for samples in buckets.values()]
+        if offset >= b:
+            break
+    return out
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,8 +745,29 @@ class _HttpError(Exception):
         self.status = status
 
 
+#: How long the sender thread sleeps between units of its work (an event finished or encoded).
+#: A thread that holds the GIL makes the training thread wait for it, up to the interpreter's
+#: switch interval (5 ms) and longer inside one C call such as ``json.dumps`` of a whole batch;
+#: inside the optimizer step that wait is a straggler-like outlier of watch's own making. A real
+#: sleep hands the GIL over, so the training thread waits at most for one unit.
+_YIELD_S = 20e-6
+
+
+def _encode_events(events: list[dict]) -> bytes:
+    """``{"events": [...]}`` as JSON, one event per ``json.dumps`` call, yielding between them."""
+    parts = []
+    for i, e in enumerate(events):
+        parts.append(json.dumps(e, allow_nan=False, separators=(",", ":")))
+        if i % 8 == 7:
+            time.sleep(_YIELD_S)
+    return ('{"events":[' + ",".join(parts) + "]}").encode()
+
+
 def _post(url: str, body: Any, token: Optional[str], timeout: float) -> Any:
-    data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
+    if isinstance(body, bytes):
+        data = body
+    else:
+        data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -522,7 +790,14 @@ def register_run(collector: str, run: Optional[str], timeout: float = 5.0) -> tu
 class _Sender:
     """Background delivery: batches from the queue, the spool file first when it has a backlog."""
 
-    def __init__(self, collector: str, run: str, token: Optional[str], spool: Path, flush_s: float) -> None:
+    def __init__(
+        self, collector: str, run: str, token: Optional[str], spool: Path, flush_s: float,
+        prepare: Optional[Callable[[dict], dict]] = None,
+    ) -> None:
+        # Step records (dicts with a "_dev" entry) are turned into events by `prepare` here, on
+        # this thread: hashing and event building cost the training thread nothing but the GIL.
+        self.prepare = prepare
+        self.dropped = 0
         self.url = f"{collector.rstrip('/')}/v1/runs/{urllib.parse.quote(run, safe='')}/events"
         self.collector = collector
         self.run = run
@@ -580,6 +855,7 @@ class _Sender:
                 closing = self.closing
                 self.in_flight = len(batch)
             try:
+                batch = self._prepared(batch)
                 self._deliver(batch)
             except Exception as e:  # never let telemetry kill training; keep the events
                 self._note(f"unexpected error, events spooled: {e!r}")
@@ -589,6 +865,23 @@ class _Sender:
                 self.cond.notify_all()
                 if closing and not self.queue:
                     return
+
+    def _prepared(self, batch: list[dict]) -> list[dict]:
+        if self.prepare is None:
+            return batch
+        out = []
+        for e in batch:
+            if "_dev" not in e:
+                out.append(e)
+                continue
+            try:
+                out.append(self.prepare(e))
+                time.sleep(_YIELD_S)  # see _YIELD_S
+            except Exception:  # a bug here must not stop delivery of the other events
+                self.dropped += 1
+                if self.dropped == 1:
+                    log.exception("trainguard.watch: a step record could not be turned into an event")
+        return out
 
     def _note(self, msg: str) -> None:
         self.last_error = msg
@@ -613,7 +906,7 @@ class _Sender:
         if not self._ensure_token():
             return False
         try:
-            _post(self.url, {"events": events}, self.token, timeout=10.0)
+            _post(self.url, _encode_events(events), self.token, timeout=10.0)
         except _HttpError as e:
             if e.status == 400 or e.status == 413:
                 # The collector refused the content itself: retrying cannot help. Keep it apart.
@@ -800,9 +1093,25 @@ class Watch:
         self.rng_names = tuple(rng)
         self.heartbeat_s = heartbeat_s
         self._kind = _optimizer_kind(optimizer)
-        self._buckets = _choose_samples(optimizer, sample, sample_seed)
-        self._numel = sum(s.param.numel() for b in self._buckets for s in b.samples)
-        self._cuda = torch.cuda.is_available() and any(b.before.is_cuda for b in self._buckets)
+        # Everything on the CPU is read through NumPy views (a NumPy call costs the training
+        # thread a fraction of a torch operator's dispatch); anything else stays on its device,
+        # from where only the sums and the windows' few scalars are copied back.
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        self._cuda = torch.cuda.is_available() and any(t.is_cuda for t in params)
+        self._np: Any = None
+        if _USE_NUMPY and all(t.device.type == "cpu" for t in params):
+            try:
+                import numpy
+
+                self._np = numpy
+            except ImportError:
+                pass
+        self._tracked = _Tracked(optimizer, model, host=self._np is not None)
+        if self._np is not None and any(t.device.type != "cpu" for t in self._tracked.tensors()):
+            self._np = None
+            self._tracked.host = False
+        host_math = self._np is not None and all(str(t.dtype) in _HOST_DTYPES for t in params)
+        self._buckets = _plan_windows(optimizer, sample, sample_seed, self._np if host_math else None)
         self._base = {
             "run": run,
             "rank": rank,
@@ -815,6 +1124,8 @@ class Watch:
             self._base["user"] = user
         self._step = 0
         self._measuring = False
+        self._chunk: Optional[_Bucket] = None  # the chunk whose update this step checks
+        self._roll_pool: list[Any] = []  # copy buffers of the positional hash, back from _finish
         self._t_pre = 0.0
         self._t_last_post: Optional[float] = None
         self._ev_start: Any = None
@@ -826,7 +1137,7 @@ class Watch:
         self._seed_index = 0
         self._closed = False
         self._lock = threading.Lock()
-        self._sender = _Sender(collector, run, token, spool, flush_s)
+        self._sender = _Sender(collector, run, token, spool, flush_s, prepare=self._finish)
         self._stop = threading.Event()
         self._hooks = [
             optimizer.register_step_pre_hook(self._pre_hook),
@@ -915,6 +1226,7 @@ class Watch:
             "sent": s.sent,
             "spooled": s.spooled,
             "rejected": s.rejected_events,
+            "dropped": s.dropped,
             "queued": len(s.queue),
             "last_error": s.last_error,
         }
@@ -951,25 +1263,27 @@ class Watch:
             self._sender.put(self._event(body))
 
     # -- hooks -----------------------------------------------------------------------------
+    # The hooks read detached views and copies only, so they need no `torch.no_grad()` (whose
+    # context manager alone is a measurable part of their cost).
     def _pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        import torch
-
         n = self._step + 1
         self._measuring = n % self.every == 0
         if self._measuring:
-            with torch.no_grad():
-                for b in self._buckets:
-                    b.gather_into([s.param for s in b.samples], b.before)
-                    b.have_before = True
+            if self._buckets:
+                chunk = self._buckets[(n // self.every) % len(self._buckets)]
+                chunk.before = chunk.param_views.cat(chunk.params)
+                self._chunk = chunk
             if self._cuda:
+                import torch
+
                 self._ev_start = torch.cuda.Event(enable_timing=True)
                 self._ev_start.record()
         self._t_pre = time.perf_counter()
 
     def _post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        t_post = time.perf_counter()
         import torch
 
-        t_post = time.perf_counter()
         self._step += 1
         n = self._step
         interval = None if self._t_last_post is None else t_post - self._t_last_post
@@ -981,17 +1295,19 @@ class Watch:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
         wall = t_post - self._t_pre if self.section == "optimizer" else (interval or t_post - self._t_pre)
-        with torch.no_grad():
-            dev = self._measure(optimizer, n)
-        rec: dict[str, Any] = {"type": "step", "step": n, "wall_s": max(0.0, wall), "device_s": None}
+        dev = self._measure(optimizer, n)
+        rec: dict[str, Any] = {
+            "type": "step", "time_unix_s": time.time(), "step": n, "wall_s": max(0.0, wall), "device_s": None,
+        }
         if self.replica_group is not None:
             rec["replica_group"] = self.replica_group
-        rng = rng_hashes(g for g in self.rng_names if g in _seeded)
-        if rng:
-            rec["rng"] = rng
-        calls, self._seed_index = _seed_calls_since(self._seed_index)
-        if calls:
-            rec["seed_calls"] = calls[-_MAX_SEED_CALLS:]
+        names = [g for g in self.rng_names if g in _seeded]
+        if names:
+            rec["_rng"] = _rng_capture(names)  # raw states; hashed on the sender thread
+        if _seed_total != self._seed_index:  # an int read under the GIL: no lock on the usual path
+            calls, self._seed_index = _seed_calls_since(self._seed_index)
+            if calls:
+                rec["seed_calls"] = calls[-_MAX_SEED_CALLS:]
         rec["_dev"] = dev
         with self._lock:
             previous = self._pending
@@ -1006,119 +1322,155 @@ class Watch:
             self._ev_start = None
         if previous is not None:
             self._queue_when_ready(previous)
-        self._finalise(sync=False)
+        if self._device_wait:
+            self._finalise(sync=False)
 
     def _measure(self, optimizer: Any, n: int) -> dict[str, Any]:
-        """Device tensors for the update check and fingerprints of this step (no host sync)."""
+        """What must be read at this step, as host values or device tensors (no host sync): the
+        parameter word sums (and this step's slice for the positional hash), Δθ on the windows and
+        the Gram matrix of (Δθ, predicted update) there. Hashing waits for `_finish`."""
         import torch
 
-        applied, expected, upd_lanes, param_lanes = [], [], [], []
-        full = self.full_every > 0 and n % self.full_every == 0
-        out: dict[str, Any] = {"full": full}
-        if full and not self._cuda:
-            # On the CPU a byte hash of every parameter is far cheaper than the integer lanes
-            # (on a GPU the lanes run at memory bandwidth and nothing but two scalars moves).
-            h = hashlib.blake2b(digest_size=16)
-            for t in [s.param for b in self._buckets for s in b.samples] + self._buffers():
-                w, _ = _words(t.detach().contiguous().reshape(-1))
-                h.update(memoryview(w.numpy()))
-            out["param_hex"] = h.hexdigest()
-        for b in self._buckets:
-            if not b.have_before:
-                continue
-            b.have_before = False
-            b.gather_into([s.param for s in b.samples], b.after)
-            delta = b.after - b.before
-            upd_lanes.append(_fold(delta, b.weights))
-            if "param_hex" in out:
-                pass
-            elif full:
-                for s in b.samples:
-                    flat = s.param.detach().reshape(-1)
-                    pos = torch.arange(flat.numel(), device=flat.device) + s.offset
-                    param_lanes.append(fingerprint_lanes(flat, pos))
+        part = (n // self.every) % self.full_every if self.full_every > 0 else None
+        out: dict[str, Any] = {"part": part}
+        if self._np is not None:
+            out["sums"], out["roll"] = self._param_sums_host(part)
+        else:
+            out["sums"] = self._param_sums_device(part)
+        chunk, self._chunk = self._chunk, None
+        before = chunk.before if chunk is not None else None
+        after = chunk.param_views.cat(chunk.params) if before is not None else None
+        if after is not None and after.shape == before.shape:
+            chunk.before = None
+            reference = self._reference(optimizer, chunk, before)
+            if chunk.np is not None:
+                out["check"] = (chunk, before, after, reference)  # copies: finished on the sender thread
             else:
-                param_lanes.append(_fold(b.after, b.weights))
-            exp = self._expected(optimizer, b)
-            if exp is not None:
-                applied.append(delta.double())
-                expected.append(exp)
-        if full and "param_hex" not in out and param_lanes:
-            offset = self._numel
-            for buf in self._buffers():
-                flat = buf.detach().reshape(-1)
-                pos = torch.arange(flat.numel(), device=flat.device) + offset
-                param_lanes.append(fingerprint_lanes(flat, pos).to(param_lanes[0].device))
-                offset += flat.numel()
-        if upd_lanes:
-            lanes = torch.remainder(torch.stack(upd_lanes).sum(0), _P)
-            if param_lanes:
-                lanes = torch.cat([torch.remainder(torch.stack(param_lanes).sum(0), _P), lanes])
-            out["fp"] = lanes
-        if applied:
-            a = torch.cat(applied) if len(applied) > 1 else applied[0]
-            e = torch.cat(expected) if len(expected) > 1 else expected[0]
-            out["upd"] = torch.stack([(a * e).sum(), a.norm(), e.norm()])
+                delta = after - before  # in the parameters' dtype: the update fingerprint's bytes
+                out["upd"] = delta
+                if reference is not None:
+                    rows = torch.stack([chunk.f32(delta), reference()])
+                    out["gram"] = rows @ rows.T  # [[Δθ·Δθ, Δθ·u], [u·Δθ, u·u]]
         if self._cuda:
-            for k in ("fp", "upd"):
-                if k in out and out[k].is_cuda:
-                    host = torch.empty(out[k].shape, dtype=out[k].dtype, pin_memory=True)
-                    host.copy_(out[k], non_blocking=True)
+            for k in ("sums", "upd", "gram"):
+                x = out.get(k)
+                if isinstance(x, torch.Tensor) and x.is_cuda:
+                    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+                    host.copy_(x, non_blocking=True)
                     out[k] = host
         return out
 
-    def _buffers(self) -> list[Any]:
-        """The model's buffers (batch-norm statistics, ...): replicas must agree on them too."""
-        buffers = getattr(self.model, "buffers", None)
-        return [b for b in buffers() if b.numel()] if callable(buffers) else []
+    def _param_sums_host(self, part: Optional[int]) -> tuple[list[Any], Optional[tuple[Any, list]]]:
+        """Word sums of every tracked tensor on the CPU, and a copy of the slice `part` to hash."""
+        tr = self._tracked
+        tr.refresh(tr.tensors())
+        reduce = self._np.add.reduce
+        # Last-updated tensors first: the optimizer has just written them, so they are the most
+        # likely to be in cache. The dtype keeps the wrap-around width.
+        sums = [reduce(w, 0, w.dtype) for w in reversed(tr.words)]
+        sums.reverse()
+        if part is None:
+            return sums, None
+        # A copy (the next step writes the parameters) into a reused buffer: a fresh allocation
+        # of this size costs more in page faults than the copy itself.
+        ranges = _slice_ranges(tr.sizes, part, self.full_every)
+        need = sum((hi - lo) * tr.esizes[i] for i, lo, hi in ranges)
+        pool = self._roll_pool
+        buf = pool.pop() if pool else None
+        if buf is None or buf.size < need:
+            buf = self._np.empty(need + need // 8 + 64, dtype=self._np.uint8)
+        segments = []
+        offset = 0
+        for i, lo, hi in ranges:
+            es = tr.esizes[i]
+            n = (hi - lo) * es
+            buf[offset:offset + n] = tr.raw[i][lo * es:hi * es]
+            segments.append((i, lo, offset, n))
+            offset += n
+        return sums, (buf, segments)
 
-    def _expected(self, optimizer: Any, b: _Bucket) -> Optional[Any]:
-        """The update the optimizer's state predicts at the bucket's samples (float64), or None."""
+    def _param_sums_device(self, part: Optional[int]) -> Any:
+        """The same sums as int64 tensors on the device (stacked), then this step's slice as the
+        two position-weighted lanes: nothing but these integers is copied to the host."""
+        import torch
+
+        tr = self._tracked
+        tensors = tr.tensors()
+        tr.refresh(tensors)
+        dev = next((t.device for t in tensors if t.numel()), None)
+        if dev is None:
+            return []
+        sums = [
+            (w.sum() if w.dtype == torch.int64 else w.sum(dtype=w.dtype)).to(device=dev, dtype=torch.int64)
+            for w in tr.words
+        ]
+        if part is not None:
+            offsets = [0]
+            for size in tr.sizes:
+                offsets.append(offsets[-1] + size)
+            for i, lo, hi in _slice_ranges(tr.sizes, part, self.full_every):
+                flat = tensors[i].detach().reshape(-1)[lo:hi]
+                pos = torch.arange(lo + offsets[i], hi + offsets[i], device=flat.device)
+                sums.extend(fingerprint_lanes(flat, pos).to(dev).unbind())
+        return torch.stack(sums)
+
+    def _reference(self, optimizer: Any, b: _Bucket, before: Any) -> Optional[Callable[[], Any]]:
+        """Read now what the optimizer's own state says the update at the chunk's windows is, and
+        return the arithmetic as a function (it only touches copies, so the host path runs it on
+        the sender thread); None when there is no exact reference this step."""
         import torch
 
         if self._kind is None:
             return None
-        params = [s.param for s in b.samples]
+        params = b.params
         if any(p.grad is None for p in params):
             return None  # some parameters were skipped this step: no exact reference
-        states = [optimizer.state.get(p) or {} for p in params]
-        before = b.before.double()
-        group = b.group
+        states = b.states(optimizer)
+        group = dict(b.group)  # a learning-rate schedule changes the live one before `_finish`
+        f32 = b.f32
         if self._kind == "sgd":
-            grad = b.gather([p.grad for p in params]).double()
             buf = None
             if group.get("momentum", 0.0):
-                bufs = [st.get("momentum_buffer") for st in states]
-                if any(not isinstance(x, torch.Tensor) for x in bufs):
+                buf = b.gather_state(states, "momentum_buffer")
+                if buf is None:
                     return None
-                buf = b.gather(bufs).double()
-            return _expected_sgd(group, buf, before, grad)
+                if not group.get("nesterov", False):  # the buffer is the direction
+                    return lambda: f32(buf) * -_scalar(group["lr"])
+            grad = b.gather_fresh([p.grad for p in params])
+            return lambda: _expected_sgd(group, None if buf is None else f32(buf), f32(before), f32(grad))
         vkey = "max_exp_avg_sq" if group.get("amsgrad", False) else "exp_avg_sq"
-        ms = [st.get("exp_avg") for st in states]
-        vs = [st.get(vkey) for st in states]
+        m = b.gather_state(states, "exp_avg")
+        v = b.gather_state(states, vkey)
         steps = [st.get("step") for st in states]
-        if any(not isinstance(x, torch.Tensor) for x in ms + vs) or any(x is None for x in steps):
+        if m is None or v is None or any(x is None for x in steps):
             return None
-        m = b.gather(ms).double()
-        v = b.gather(vs).double()
-        if all(not isinstance(t, torch.Tensor) or not t.is_cuda for t in steps):
-            vals = [float(t) for t in steps]
-            if all(x == vals[0] for x in vals):
-                step: Any = vals[0]
-            else:
-                step = torch.tensor(vals, dtype=torch.float64, device=m.device).repeat_interleave(b.counts)
-        else:  # capturable / fused: the counts live on the device; never sync on them
-            step = torch.stack(
-                [torch.as_tensor(t).to(device=m.device, dtype=torch.float64).reshape(()) for t in steps]
-            ).repeat_interleave(b.counts)
-        return _expected_adam(group, m, v, step, before, decoupled=self._kind == "adamw")
+        np = b.np
+        vals: Optional[list[float]] = None
+        if all(isinstance(t, torch.Tensor) for t in steps):
+            counts = b.step_views.cat(steps)  # one value per parameter, a copy
+            if np is not None or counts.device.type == "cpu":
+                vals = counts.tolist()
+            else:  # capturable / fused: the counts live on the device; never sync on them
+                step: Any = counts.to(dtype=torch.float32).repeat_interleave(b.counts)
+        else:  # plain numbers (older optimizers)
+            vals = [float(x) for x in steps]
+        if vals is not None:
+            if min(vals) == max(vals):
+                step = float(vals[0])
+            elif np is not None:
+                step = np.repeat(np.array(vals, dtype=np.float32), b.counts)
+            else:  # a parameter skipped earlier steps: per-element bias corrections
+                step = torch.tensor(vals, dtype=torch.float32, device=m.device).repeat_interleave(b.counts)
+        xp = np if np is not None else torch
+        decoupled = self._kind == "adamw"
+        return lambda: _expected_adam(xp, group, f32(m), f32(v), step, f32(before), decoupled)
 
     # -- finalising records ----------------------------------------------------------------
     def _queue_when_ready(self, rec: dict) -> None:
         if any(w[0] is rec for w in self._device_wait):
             rec["_ready"] = True  # sent once its CUDA events complete
             return
-        self._sender.put(self._finish(rec))
+        self._sender.put(rec)
 
     def _finalise(self, sync: bool) -> None:
         """Queue device-timed records whose events completed; on `sync`, everything pending."""
@@ -1128,7 +1480,7 @@ class Watch:
             if rec is not None:
                 rec["_ready"] = True
                 if not any(w[0] is rec for w in self._device_wait):
-                    self._sender.put(self._finish(rec))
+                    self._sender.put(rec)
         keep = []
         for rec, start, end, done in self._device_wait:
             if sync:
@@ -1136,7 +1488,7 @@ class Watch:
             if done.query():
                 rec["device_s"] = start.elapsed_time(end) / 1000.0
                 if rec.get("_ready"):
-                    self._sender.put(self._finish(rec))
+                    self._sender.put(rec)
                     continue
                 rec["_timed"] = True
                 continue
@@ -1144,26 +1496,63 @@ class Watch:
         self._device_wait = keep
 
     def _finish(self, rec: dict) -> dict:
-        """Turn a step record into a wire event (its device values are available by now)."""
+        """Turn a step record into a wire event: hashes, the update check, the loss. Runs on the
+        sender thread, once the record's device values have reached the host."""
         dev = rec.pop("_dev", {})
         loss = rec.pop("_loss", None)
+        raw_rng = rec.pop("_rng", None)
         rec.pop("_ready", None)
         rec.pop("_timed", None)
-        if "fp" in dev:
-            v = [int(x) for x in dev["fp"].tolist()]
-            k = len(_LANES)
-            rec["param_fingerprint"] = dev.get("param_hex") or _lanes_hex(v[:k])
-            rec["update_fingerprint"] = _lanes_hex(v[-k:])
-        if "upd" in dev:
-            dot, na, ne = (float(x) for x in dev["upd"].tolist())
-            cos = dot / (na * ne) if na > 0 and ne > 0 else None
-            if cos is not None and math.isfinite(dot):
+        sums = dev.get("sums")
+        if sums is not None:
+            h = hashlib.blake2b(digest_size=16)
+            if isinstance(sums, list):
+                h.update(b"".join((int(x) & _M64).to_bytes(8, "little") for x in sums))
+            else:
+                h.update(sums.numpy().tobytes())
+            roll = dev.get("roll")
+            if roll is not None:
+                buf, segments = roll
+                r = hashlib.sha256(int(dev["part"]).to_bytes(8, "little"))
+                for i, lo, offset, n in segments:
+                    r.update(i.to_bytes(8, "little") + lo.to_bytes(8, "little"))
+                    r.update(memoryview(buf[offset:offset + n]))
+                h.update(r.digest())
+                if len(self._roll_pool) < 8:
+                    self._roll_pool.append(buf)
+            rec["param_fingerprint"] = h.hexdigest()
+        check = dev.get("check")
+        if check is not None:  # the host path's update check, from the copies taken at the step
+            chunk, before, after, reference = check
+            dev["upd"] = delta = after - before  # in the parameters' dtype
+            if reference is not None:
+                a, u = chunk.f32(delta), reference()
+                dot = chunk.np.dot
+                dev["gram"] = (dot(a, a), dot(a, u), dot(u, u))
+        upd = dev.get("upd")
+        if upd is not None:
+            import torch
+
+            if isinstance(upd, torch.Tensor):
+                upd = upd.contiguous().view(-1).view(torch.uint8).numpy()
+            rec["update_fingerprint"] = _h(upd.tobytes())
+        if "gram" in dev:
+            gram = dev["gram"]
+            if isinstance(gram, tuple):
+                aa, ae, ee = (float(x) for x in gram)
+            else:
+                (aa, ae), (_, ee) = gram.tolist()
+            na, ne = math.sqrt(max(aa, 0.0)), math.sqrt(max(ee, 0.0))
+            cos = ae / (na * ne) if na > 0 and ne > 0 else None
+            if cos is not None and math.isfinite(ae):
                 rec["update"] = {
-                    "dot": dot,
+                    "dot": ae,
                     "cosine": max(-1.0, min(1.0, cos)),
                     "update_norm": _finite_or_str(na),
                     "expected_norm": _finite_or_str(ne),
                 }
+        if raw_rng:
+            rec["rng"] = _rng_digests(raw_rng)
         if loss is not None:
             rec["loss"] = _finite_or_str(_scalar(loss))
         return self._event(rec)
@@ -1199,7 +1588,10 @@ def watch(
     the run and sends its start first, then broadcasts the token, so every rank shares one run and
     rank 0's base seed is the run's. `seed` is the run's base seed (default: the last
     ``torch.manual_seed`` before this call); pass it when ranks seed with per-rank offsets, and
-    leave out of `rng` the generators that legitimately differ between replicas.
+    leave out of `rng` the generators that legitimately differ between replicas. `sample` is the
+    number of elements the update check reads per step (from at most 16 parameter tensors, in
+    rotation); `full_every` the number of steps over which the positional hash covers every
+    parameter once (0 turns it off; the per-step word sums always cover every element).
     """
     if not hasattr(optimizer, "register_step_post_hook"):
         raise WatchError("the optimizer has no step hooks (torch >= 2.0 is required)")

@@ -108,6 +108,42 @@ impl ReadAt for fs_err::File {
     }
 }
 
+/// An open file with its size read once. Every reader here asks for the size, and on a bare
+/// file each ask is an `fstat`. A file that shrinks after opening fails later reads with
+/// [`io::ErrorKind::UnexpectedEof`], as a short read would.
+#[derive(Debug)]
+pub struct SizedFile {
+    file: fs_err::File,
+    size: u64,
+}
+
+impl SizedFile {
+    /// Wraps `file`, reading its size now.
+    pub fn new(file: fs_err::File) -> io::Result<SizedFile> {
+        let size = file.metadata()?.len();
+        Ok(SizedFile { file, size })
+    }
+
+    /// Opens `path` for reading.
+    pub fn open(path: impl AsRef<std::path::Path>) -> io::Result<SizedFile> {
+        SizedFile::new(fs_err::File::open(path.as_ref())?)
+    }
+}
+
+impl ReadAt for SizedFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn as_file(&self) -> Option<&std::fs::File> {
+        Some(self.file.file())
+    }
+}
+
 fn eof() -> io::Error {
     io::Error::new(
         io::ErrorKind::UnexpectedEof,

@@ -118,14 +118,11 @@ impl Scanner {
     /// Scan one file. Never fails: I/O errors become an `inconclusive` report.
     pub fn scan_path(&self, path: &Path) -> FileReport {
         let display = path.display().to_string();
-        let file = match fs_err::File::open(path) {
+        let file = match tg_archive::SizedFile::open(path) {
             Ok(f) => f,
             Err(e) => return io_report(display, &e),
         };
-        let size = match file.metadata() {
-            Ok(m) => m.len(),
-            Err(e) => return io_report(display, &e),
-        };
+        let size = tg_archive::ReadAt::size(&file);
         let mut report = if size <= READ_WHOLE {
             // One buffer per thread, reused from file to file: fresh memory costs a page fault
             // per 4 KiB, more than the read itself.
@@ -151,7 +148,7 @@ impl Scanner {
                 Err(e) => return io_report(display, &e),
             }
         } else {
-            self.scan_source(&display, &SizedFile { file, size })
+            self.scan_source(&display, &file)
         };
         report.size = size;
         report
@@ -183,26 +180,6 @@ impl Scanner {
 /// a small file several times (sniffing, headers, members, the appended-zip tail), and one read
 /// costs less than several positioned reads. Larger files are read only where needed.
 const READ_WHOLE: u64 = 1 << 20;
-
-/// An open file with its size read once (every reader asks for it, and `fstat` is a syscall).
-struct SizedFile {
-    file: fs_err::File,
-    size: u64,
-}
-
-impl tg_archive::ReadAt for SizedFile {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.file.read_exact_at(buf, offset)
-    }
-
-    fn as_file(&self) -> Option<&std::fs::File> {
-        Some(self.file.file())
-    }
-}
 
 fn io_report(display: String, e: &std::io::Error) -> FileReport {
     let mut r = FileReport::new(display, "unknown");

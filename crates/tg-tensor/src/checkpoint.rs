@@ -59,8 +59,8 @@ const MAX_PICKLE_BYTES: u64 = 1 << 30;
 impl Checkpoint {
     /// Opens `path` and reconstructs every tensor and value in it.
     pub fn open(path: &Path) -> Result<Checkpoint, Error> {
-        let file = fs_err::File::open(path).map_err(|e| Error::io(path, e))?;
-        let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let file = tg_archive::SizedFile::open(path).map_err(|e| Error::io(path, e))?;
+        let size = file.size();
         let mut head = [0u8; 9];
         let n = head.len().min(size as usize);
         file.read_exact_at(&mut head[..n], 0)

@@ -24,6 +24,7 @@ pub fn exercise(data: &[u8]) -> usize {
             limits: fuzz_limits(),
             complete,
             record_opcodes: true,
+            elide_floats: complete,
         };
         let a = analyze(data, 0, &opts, &mut NoHook);
         n += touch(&a, data);

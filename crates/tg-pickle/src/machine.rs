@@ -193,6 +193,11 @@ pub struct Options {
     pub complete: bool,
     /// Record an [`Event::Opcode`] for every opcode outside torch's weights-only subset.
     pub record_opcodes: bool,
+    /// Push one shared [`Value::ElidedFloat`] for every float instead of its value. A scanner
+    /// never judges by float values, and a pickled list of a million floats (scikit-learn
+    /// thresholds, plain-Python weights) would otherwise cost 32 bytes and a page-fault share
+    /// each; floats are immutable, so sharing one value is not observable to anything else.
+    pub elide_floats: bool,
 }
 
 /// The result of running one pickle stream symbolically.
@@ -266,6 +271,7 @@ fn analyze_depth(
         nested: Vec::new(),
         depth,
         op_end: None,
+        elided_float: None,
     };
     let end = m.run(hook);
     Analysis {
@@ -313,6 +319,8 @@ struct Machine<'a> {
     skipped: Vec<(u64, u64)>,
     nested: Vec<(u64, Analysis)>,
     depth: u32,
+    /// The one value every float shares under [`Options::elide_floats`].
+    elided_float: Option<Id>,
     /// Where the current opcode's own bytes end, when a hook then skipped raw data.
     op_end: Option<usize>,
 }
@@ -421,6 +429,21 @@ impl<'a> Machine<'a> {
 
     fn push_new(&mut self, v: Value) -> Step<()> {
         let id = self.alloc(v)?;
+        self.push(id)
+    }
+
+    fn push_float(&mut self, f: f64) -> Step<()> {
+        if !self.opts.elide_floats {
+            return self.push_new(Value::Float(f));
+        }
+        let id = match self.elided_float {
+            Some(id) => id,
+            None => {
+                let id = self.alloc(Value::ElidedFloat)?;
+                self.elided_float = Some(id);
+                id
+            }
+        };
         self.push(id)
     }
 
@@ -768,13 +791,13 @@ impl<'a> Machine<'a> {
                     .trim()
                     .parse()
                     .map_err(|_| Halt::Error("could not convert string to float".into()))?;
-                self.push_new(Value::Float(f))?;
+                self.push_float(f)?;
             }
             BinFloat => {
                 let (_, b) = self.take(8)?;
                 let mut a = [0u8; 8];
                 a.copy_from_slice(b);
-                self.push_new(Value::Float(f64::from_be_bytes(a)))?;
+                self.push_float(f64::from_be_bytes(a))?;
             }
             String => {
                 let line = self.line()?;
@@ -1319,6 +1342,45 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn elided_floats_share_one_value_and_keep_the_structure() {
+        // [1.5, 2.5, ... 1000 floats] built with BINFLOAT + APPENDS, then one text FLOAT.
+        let mut p = b"\x80\x02](".to_vec();
+        for i in 0..1000u32 {
+            p.push(b'G');
+            p.extend_from_slice(&(f64::from(i) + 0.5).to_be_bytes());
+        }
+        p.extend_from_slice(b"eF2.5\na.");
+        let kept = run(&p);
+        let opts = Options {
+            complete: true,
+            elide_floats: true,
+            ..Options::default()
+        };
+        let elided = analyze(&p, 0, &opts, &mut NoHook);
+        for a in [&kept, &elided] {
+            let End::Stop { value, .. } = a.end else {
+                unreachable!("{:?}", a.end)
+            };
+            let Value::List(items) = a.arena.get(value) else {
+                unreachable!()
+            };
+            assert_eq!(items.len(), 1001);
+        }
+        assert!(kept.arena.len() > 1000);
+        assert_eq!(elided.arena.len(), 2, "the list and one shared float");
+        let End::Stop { value, .. } = elided.end else {
+            unreachable!()
+        };
+        assert!(
+            elided
+                .arena
+                .render(value, &p)
+                .starts_with("[<float>, <float>")
+        );
+        assert!(kept.arena.render(value, &p).starts_with("[0.5, 1.5"));
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub enum Value {
     BigInt(Vec<u8>),
     /// A float.
     Float(f64),
+    /// A float whose value was not kept ([`crate::Options::elide_floats`]).
+    ElidedFloat,
     /// A text string (decoded; protocol 0–2 byte strings are decoded as latin-1, the way the
     /// unpickler's default `encoding="ASCII"` turns them into `str` for every ASCII name).
     Str(String),
@@ -256,6 +258,7 @@ impl Arena {
             Value::Float(f) => {
                 let _ = write!(out, "{f:?}");
             }
+            Value::ElidedFloat => out.push_str("<float>"),
             Value::Str(s) => py_repr(truncate(s, 160), out),
             Value::Bytes { .. } => {
                 let b = self.as_bytes(id, input).unwrap_or(&[]);

@@ -237,6 +237,7 @@ impl Cx<'_> {
                 limits: self.scanner.limits.pickle.clone(),
                 complete,
                 record_opcodes: self.scanner.policy.restricts_opcodes(),
+                elide_floats: true,
             };
             let a = tg_pickle::analyze(&buf, 0, &opts, hook);
             if a.end != End::NeedMore {
@@ -299,6 +300,7 @@ impl Cx<'_> {
                     limits: self.scanner.limits.pickle.clone(),
                     complete: true,
                     record_opcodes: self.scanner.policy.restricts_opcodes(),
+                    elide_floats: true,
                 };
                 let a = tg_pickle::analyze(buf, start, &opts, hook);
                 let j = self.judge(&a, buf, ctx);
@@ -326,6 +328,7 @@ impl Cx<'_> {
                 limits: scanner.limits.pickle.clone(),
                 complete: true,
                 record_opcodes: scanner.policy.restricts_opcodes(),
+                elide_floats: true,
             };
             let inner = tg_pickle::analyze(bytes, 0, &opts, &mut NoHook);
             judge::judge(

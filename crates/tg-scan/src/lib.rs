@@ -132,8 +132,9 @@ impl Scanner {
             let scanned = BUF.with(|buf| {
                 let mut bytes = buf.borrow_mut();
                 if bytes.capacity() < size as usize {
-                    // Growing would copy the old contents first: start afresh instead.
-                    *bytes = Vec::with_capacity(size as usize);
+                    // Reserve the largest size once: memory is only faulted in where a file
+                    // reaches, and never again for a later file on this thread.
+                    *bytes = Vec::with_capacity(READ_WHOLE as usize);
                 }
                 bytes.clear();
                 bytes.resize(size as usize, 0);

@@ -400,6 +400,7 @@ pub(crate) fn pickle_view(buf: &[u8], complete: bool) -> Option<PickleView> {
         limits: tg_pickle::Limits::default(),
         complete,
         record_opcodes: false,
+        elide_floats: true,
     };
     let a = tg_pickle::analyze(buf, 0, &opts, &mut NoHook);
     if a.touched_code() {

@@ -146,6 +146,8 @@ impl Eval<'_> {
             Value::Float(f) => Node::Float(*f),
             Value::Str(s) => Node::Str(s.clone()),
             Value::BigInt(_) => Node::Opaque("an integer wider than 64 bits".into()),
+            // Only when the caller set `Options::elide_floats`, which conversion never does.
+            Value::ElidedFloat => Node::Opaque("a float whose value was not kept".into()),
             Value::Bytes { .. } => self.opaque(id, "bytes"),
             Value::Tuple(items) | Value::List(items) => {
                 let mut out = Vec::with_capacity(items.len());

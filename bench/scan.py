@@ -187,54 +187,62 @@ def pinned_version(venv_name: str, package: str) -> str | None:
 GNU_TIME = "/usr/bin/time"
 
 
-def measure(argv, *, cwd: Path, stdout: Path, stderr: Path, timeout: float) -> dict:
-    """Run argv once; wall clock and peak RSS of the process and every descendant it waited for.
+def measure(argv, *, cwd: Path, stdout: Path, stderr: Path, timeout: float, rss: bool = False) -> dict:
+    """Run argv once: wall clock and CPU time, or (rss=True) peak RSS.
 
-    Peak RSS is the largest single process in the tree (Linux folds reaped children into the
-    parent's rusage as a max, not a sum). It is read by GNU time (/usr/bin/time -f %M) when
-    present: a child forked straight from this Python process would inherit this process's
-    RSS into its ru_maxrss (the kernel records the pre-exec high-water mark), inflating small
-    tools by 10-40 MB. Wall clock is measured here (perf_counter), including ~1 ms for time's fork.
+    Timed runs start the tool straight from here (subprocess, vfork + exec) and read its CPU
+    time from wait4(); the watchdog thread is started before the clock. Nothing else runs in
+    between, so the harness adds about the cost of starting /bin/true (~0.5 ms) to every tool.
+
+    Peak RSS needs a separate run (rss=True): a child started from this Python process inherits
+    this process's RSS into its ru_maxrss (the kernel records the pre-exec high-water mark),
+    inflating small tools by 10-40 MB, so that run goes through GNU time (/usr/bin/time -f %M),
+    whose own fork and exec (~1 ms) would otherwise be timed too. Peak RSS is the largest
+    single process in the tree (Linux folds reaped children into the parent's rusage as a max,
+    not a sum).
     """
     env = dict(os.environ)
     env.update(CHILD_ENV)
     cwd.mkdir(parents=True, exist_ok=True)
     killed = threading.Event()
     rss_file = cwd / ".maxrss"
-    use_time = os.access(GNU_TIME, os.X_OK)
+    use_time = rss and os.access(GNU_TIME, os.X_OK)
     if use_time:
         argv = [GNU_TIME, "-f", "%M", "-o", rss_file, *argv]
-    with open(stdout, "wb") as so, open(stderr, "wb") as se:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            [str(a) for a in argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-            stdout=so, stderr=se, start_new_session=True,
-        )
+    child: list[subprocess.Popen] = []
 
-        def kill():
-            killed.set()
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
+    def kill():
+        killed.set()
         try:
-            _, status, ru = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    rss_kb, method = ru.ru_maxrss, "wait4 (includes this driver's RSS at fork)"
-    if use_time:
-        try:
-            rss_kb, method = int(rss_file.read_text().split()[-1]), "GNU time %M"
-        except (OSError, ValueError, IndexError):
+            os.killpg(child[0].pid, signal.SIGKILL)
+        except (ProcessLookupError, IndexError):
             pass
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    argv = [str(a) for a in argv]
+    try:
+        with open(stdout, "wb") as so, open(stderr, "wb") as se:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=so, stderr=se, start_new_session=True)
+            child.append(proc)
+            _, status, ru = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - t0
+    finally:
+        timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    rss_kb, method = None, None
+    if rss:
+        rss_kb, method = ru.ru_maxrss, "wait4 (includes this driver's RSS at fork)"
+        if use_time:
+            try:
+                rss_kb, method = int(rss_file.read_text().split()[-1]), "GNU time %M"
+            except (OSError, ValueError, IndexError):
+                pass
     return {
         "wall_s": wall,
-        "peak_rss_mb": rss_kb / 1024.0,
+        "peak_rss_mb": rss_kb / 1024.0 if rss_kb is not None else None,
         "rss_method": method,
         "user_s": ru.ru_utime,
         "sys_s": ru.ru_stime,
@@ -291,14 +299,14 @@ class Runner:
                     "-o", work / "report.json", target]
         raise ValueError(tool)
 
-    def run(self, tool: str, target: Path, section: str) -> dict:
+    def run(self, tool: str, target: Path, section: str, rss: bool = False) -> dict:
         work = OUT / "work" / section / tool
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
         argv = self.command(tool, target, work)
         res = measure(argv, cwd=work, stdout=work / "stdout.txt", stderr=work / "stderr.txt",
-                      timeout=self.args.timeout)
+                      timeout=self.args.timeout, rss=rss)
         res["argv"] = [str(a) for a in argv] if tool not in ("fickling-api",) else \
             [str(argv[0]), "-c", "<FICKLING_API_PY>", *map(str, argv[3:])]
         res["work"] = str(work)
@@ -495,12 +503,16 @@ def run_corpus(runner: Runner, tools: list[str], corpus: Path, runs: int) -> dic
         for t in tools:  # interleaved, so slow drift of machine load hits every tool alike
             res = runner.run(t, corpus, f"corpus-{t}")
             results[t]["runs"].append(res)
-            log(f"corpus run {r + 1}/{runs} {t:13s} {res['wall_s']:8.3f} s {res['peak_rss_mb']:8.1f} MB rc={res['rc']}"
+            log(f"corpus run {r + 1}/{runs} {t:13s} {res['wall_s']:8.3f} s rc={res['rc']}"
                 + (" TIMEOUT" if res["timed_out"] else ""))
             if r == runs - 1:
                 parsed = runner.parse(t, corpus, Path(res["work"]))
                 results[t]["detection"] = summarize_detection(parsed, corpus, manifest, expected)
                 keep_logs(Path(res["work"]), f"corpus-{t}")
+    for t in tools:  # peak RSS: one more run each, under GNU time, not timed
+        res = runner.run(t, corpus, f"corpus-{t}", rss=True)
+        results[t]["rss_run"] = res
+        log(f"corpus rss run {t:13s} {res['peak_rss_mb'] or 0:8.1f} MB rc={res['rc']}")
     for t in tools:
         finish(results[t])
     return {"target": str(corpus), "runs": runs, "files": len(list_files(corpus)),
@@ -527,7 +539,8 @@ def finish(entry: dict) -> None:
     ok = [r for r in runs if not r["timed_out"]]
     entry["median_s"] = statistics.median(r["wall_s"] for r in ok) if ok else None
     entry["median_cpu_s"] = statistics.median(r["user_s"] + r["sys_s"] for r in ok) if ok else None
-    entry["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs) if runs else None
+    rss = [r["peak_rss_mb"] for r in [*runs, entry.get("rss_run") or {}] if r.get("peak_rss_mb") is not None]
+    entry["peak_rss_mb"] = max(rss) if rss else None
     entry["rcs"] = sorted({r["rc"] for r in runs})
     # usable as a ratio baseline: every run finished with one of the documented exit codes
     entry["valid"] = bool(ok) and len(ok) == len(runs) and set(entry["rcs"]) <= {0, 1, 2}
@@ -641,12 +654,18 @@ def run_big(runner: Runner, tools: list[str], path: Path, runs: int, modes: list
                 res["cached_bytes_before"] = cached
                 results[t]["runs"].append(res)
                 log(f"big {mode} run {r + 1}/{runs} {t:13s} {res['wall_s']:8.3f} s "
-                    f"{res['peak_rss_mb']:8.1f} MB rc={res['rc']}" + (" TIMEOUT" if res["timed_out"] else "")
+                    f"rc={res['rc']}" + (" TIMEOUT" if res["timed_out"] else "")
                     + (f" (page cache before: {cached / MIB:.1f} MiB of the file)" if cached is not None else ""))
                 if r == runs - 1:
                     parsed = runner.parse(t, path, Path(res["work"]))
                     results[t]["verdict"] = big_verdict(parsed, res)
                     keep_logs(Path(res["work"]), f"big-{mode}-{t}")
+        for t in tools:  # peak RSS: one more run each, under GNU time, not timed
+            if mode == "cold":
+                evict(path, drop_all)
+            res = runner.run(t, path, f"big-{mode}-{t}", rss=True)
+            results[t]["rss_run"] = res
+            log(f"big {mode} rss run {t:13s} {res['peak_rss_mb'] or 0:8.1f} MB rc={res['rc']}")
         for t in tools:
             finish(results[t])
         out["modes"][mode] = {"eviction": how if mode == "cold" else "after one untimed warm-up run per tool",

@@ -131,6 +131,36 @@ fn directory_scan_reports_every_file_in_name_order() {
 }
 
 #[test]
+fn reports_keep_name_order_whatever_the_thread_count() {
+    // Every fixture, scanned by one thread and by several: the same lines, in name order.
+    let names: Vec<String> = fs_err::read_dir(fixtures_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let tmp = models(&refs);
+    let one = trainguard(tmp.path(), &["scan", "-j1", "--format", "json", "models"]);
+    let many = trainguard(tmp.path(), &["scan", "-j3", "--format", "json", "models"]);
+    assert_eq!(one.code, many.code);
+    assert!(one.stdout.lines().count() > 40, "{}", one.stdout);
+    let strip = |s: &str| -> Vec<serde_json::Value> {
+        s.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("duration_ms");
+                v
+            })
+            .collect()
+    };
+    let (one, many) = (strip(&one.stdout), strip(&many.stdout));
+    assert_eq!(one, many);
+    let paths: Vec<&str> = one.iter().map(|v| v["path"].as_str().unwrap()).collect();
+    let mut sorted = paths.clone();
+    sorted.sort_unstable();
+    assert_eq!(paths, sorted);
+}
+
+#[test]
 fn quiet_prints_only_files_that_are_not_clean() {
     let tmp = models(&["empty.bin", "numpy_float.npy", "obj_pop.pkl"]);
     let run = trainguard(tmp.path(), &["scan", "--quiet", "models"]);

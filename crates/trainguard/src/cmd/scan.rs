@@ -3,10 +3,10 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rayon::prelude::*;
 use tg_report::{FileReport, Verdict};
 use tg_scan::{Base, Limits, Policy, Scanner};
 
@@ -156,9 +156,6 @@ pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
     };
     let (files, mut errors) = collect_files(&args.paths, &exclude, include.as_ref());
 
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(args.threads.unwrap_or(0))
-        .build()?;
     let show_progress = !args.no_progress && files.len() > 8 && std::io::stderr().is_terminal();
     let bar = show_progress.then(|| {
         let b = indicatif::ProgressBar::new(files.len() as u64);
@@ -170,18 +167,11 @@ pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
         );
         b
     });
-    let reports: Vec<FileReport> = pool.install(|| {
-        files
-            .par_iter()
-            .map(|p| {
-                let r = scanner.scan_path(p);
-                if let Some(b) = &bar {
-                    b.inc(1);
-                }
-                r
-            })
-            .collect()
-    });
+    let threads = match args.threads {
+        Some(n) if n > 0 => n,
+        _ => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let reports = scan_all(&scanner, &files, threads, bar.as_ref());
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -236,6 +226,54 @@ pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
         output::hint("no files to scan: check the paths and the --include/--exclude globs");
     }
     Ok(ExitCode::from(worst.exit_code()))
+}
+
+/// Scan `files` on up to `threads` threads, this one among them, and return the reports in
+/// the order of `files`. Each thread takes the next file from a shared counter, so one slow file
+/// holds up nothing else. (A rayon pool would start every worker and leave this thread waiting;
+/// for a directory that scans in milliseconds, a thread's start-up, its stack and its malloc
+/// arena, costs more than it brings.) A thread that cannot be started is done without.
+fn scan_all(
+    scanner: &Scanner,
+    files: &[PathBuf],
+    threads: usize,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Vec<FileReport> {
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(path) = files.get(i) else {
+                return done;
+            };
+            done.push((i, scanner.scan_path(path)));
+            if let Some(b) = bar {
+                b.inc(1);
+            }
+        }
+    };
+    let mut done = std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..threads.min(files.len()))
+            .filter_map(|i| {
+                std::thread::Builder::new()
+                    .name(format!("scan-{i}"))
+                    .spawn_scoped(s, work)
+                    .ok()
+            })
+            .collect();
+        let mut all = work();
+        for h in helpers {
+            match h.join() {
+                Ok(more) => all.extend(more),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        all
+    });
+    // Every index was taken exactly once: back into the walk's (stable) order.
+    done.sort_unstable_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 fn globs(patterns: &[String]) -> anyhow::Result<globset::GlobSet> {

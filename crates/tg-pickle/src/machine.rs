@@ -262,7 +262,7 @@ fn analyze_depth(
         events: Vec::new(),
         stack: Vec::new(),
         marks: Vec::new(),
-        memo: HashMap::new(),
+        memo: Memo::default(),
         proto: 0,
         ops: 0,
         owned: 0,
@@ -302,6 +302,47 @@ fn value_hint(input: &[u8], start: usize, limits: &Limits) -> usize {
         .min(MAX_VALUE_HINT)
 }
 
+/// Most memo slots kept in a plain array, indexed directly: (8 bytes each, at most 2 MiB)
+/// pickles number their memo densely from 0, so this covers every real one; higher indices
+/// (only a hand-made pickle uses them) go to a hash map.
+const DENSE_MEMO: u64 = 1 << 18;
+
+/// The unpickler's memo: index -> value, and how many slots are filled (`MEMOIZE` numbers the
+/// next one by that count, like CPython's `memo_len`).
+#[derive(Default)]
+struct Memo {
+    dense: Vec<Option<Id>>,
+    sparse: HashMap<u64, Id>,
+    filled: usize,
+}
+
+impl Memo {
+    fn get(&self, idx: u64) -> Option<Id> {
+        if idx < DENSE_MEMO {
+            self.dense.get(idx as usize).copied().flatten()
+        } else {
+            self.sparse.get(&idx).copied()
+        }
+    }
+
+    fn insert(&mut self, idx: u64, id: Id) {
+        let fresh = if idx < DENSE_MEMO {
+            let i = idx as usize;
+            if i >= self.dense.len() {
+                self.dense.resize(i + 1, None);
+            }
+            self.dense[i].replace(id).is_none()
+        } else {
+            self.sparse.insert(idx, id).is_none()
+        };
+        self.filled += usize::from(fresh);
+    }
+
+    fn len(&self) -> usize {
+        self.filled
+    }
+}
+
 struct Machine<'a> {
     input: &'a [u8],
     pos: usize,
@@ -311,7 +352,7 @@ struct Machine<'a> {
     stack: Vec<Id>,
     /// Stack lengths saved by `MARK`; the last one is the fence.
     marks: Vec<usize>,
-    memo: HashMap<u64, Id>,
+    memo: Memo,
     proto: u8,
     ops: u64,
     owned: usize,
@@ -513,7 +554,7 @@ impl<'a> Machine<'a> {
     }
 
     fn memo_put(&mut self, idx: u64, id: Id) -> Step<()> {
-        if !self.memo.contains_key(&idx) && self.memo.len() >= self.opts.limits.max_memo {
+        if self.memo.get(idx).is_none() && self.memo.len() >= self.opts.limits.max_memo {
             return Err(Halt::Limit("memo entries"));
         }
         self.memo.insert(idx, id);
@@ -521,8 +562,8 @@ impl<'a> Machine<'a> {
     }
 
     fn memo_get(&mut self, idx: u64) -> Step<()> {
-        match self.memo.get(&idx) {
-            Some(&id) => self.push(id),
+        match self.memo.get(idx) {
+            Some(id) => self.push(id),
             None => err(format!("memo value not found at index {idx}")),
         }
     }
@@ -1397,6 +1438,16 @@ mod tests {
         // BINPUT 5 fills one slot, so MEMOIZE writes slot 1, not 6.
         let a = run(b"\x80\x04\x8c\x05decoyq\x05\x8c\x02os\x94\x8c\x06system\x94h\x01h\x02\x93.");
         assert_eq!(imports(&a), vec!["os.system"]);
+    }
+
+    #[test]
+    fn memo_slots_far_apart_count_once_each() {
+        // LONG_BINPUT 2**31 twice (one slot), then MEMOIZE twice: slots 1 and 2, not 2**31+1.
+        let a = run(
+            b"\x80\x04\x8c\x05decoyr\x00\x00\x00\x80r\x00\x00\x00\x80\x8c\x02os\x94\x8c\x06system\x94h\x01h\x02\x93j\x00\x00\x00\x80.",
+        );
+        assert_eq!(imports(&a), vec!["os.system"]);
+        assert!(a.stopped());
     }
 
     #[test]

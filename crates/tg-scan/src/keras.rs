@@ -460,6 +460,15 @@ fn snippet(v: &Value) -> String {
     v.to_string().chars().take(200).collect()
 }
 
+/// [`snippet`] of an object, without cloning it into a `Value` first.
+fn map_snippet(map: &serde_json::Map<String, Value>) -> String {
+    serde_json::to_string(map)
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect()
+}
+
 fn walk(
     v: &Value,
     loc: &Location,
@@ -531,13 +540,12 @@ fn object(
     out: &mut Vec<Finding>,
     seen: &mut std::collections::HashSet<String>,
 ) {
-    let obj = Value::Object(map.clone());
     if class == "Lambda" || class == "__lambda__" {
         let code = map
             .get("config")
             .and_then(|c| c.get("function").or_else(|| c.get("code")))
             .map(snippet)
-            .unwrap_or_else(|| snippet(&obj));
+            .unwrap_or_else(|| map_snippet(map));
         push(
             out,
             seen,
@@ -561,7 +569,7 @@ fn object(
                     "config resolves '{m}.{class}': Keras would import and call code from '{m}'"
                 ),
                 loc,
-                snippet(&obj),
+                map_snippet(map),
             );
             return;
         }
@@ -575,7 +583,7 @@ fn object(
                     "config object '{m}.{class}' comes from outside Keras: loading it imports that module"
                 ),
                 loc,
-                snippet(&obj),
+                map_snippet(map),
             );
             return;
         }
@@ -596,7 +604,7 @@ fn object(
                     "Keras {class} layer calls TensorFlow API '{function}', which is not plain tensor math"
                 ),
                 loc,
-                snippet(&obj),
+                map_snippet(map),
             );
         }
         return;
@@ -608,7 +616,7 @@ fn object(
             Verdict::Suspicious,
             format!("config class '{class}' is not a Keras built-in: it needs custom code to load"),
             loc,
-            snippet(&obj),
+            map_snippet(map),
         );
         return;
     }
@@ -624,7 +632,7 @@ fn object(
                 "config object '{class}' is registered as '{r}', a custom object outside Keras"
             ),
             loc,
-            snippet(&obj),
+            map_snippet(map),
         );
     }
 }

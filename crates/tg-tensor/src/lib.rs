@@ -37,6 +37,7 @@
 
 mod checkpoint;
 pub mod convert;
+mod copy;
 pub mod diff;
 mod dtype;
 mod error;

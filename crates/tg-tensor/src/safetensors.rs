@@ -6,13 +6,14 @@
 //! checkpoint larger than memory takes a few buffers of memory. The file appears under its
 //! name only when complete (written beside it, then renamed).
 
-use std::io::{Read, Seek as _, Write as _};
+use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
 use tg_archive::ReadAt;
 
 use crate::checkpoint::{Checkpoint, Format, check_unique};
+use crate::copy::{Copier, CopyError};
 use crate::dtype::DType;
 use crate::error::Error;
 use crate::tensor::{Storage, Tensor};
@@ -90,19 +91,24 @@ pub fn write(tensors: &[&Tensor], metadata: &[(String, String)], out: &Path) -> 
     let tmp = output_temp(dir)?;
     let io = |e| Error::io(out, e);
     let mut file = tmp.as_file();
+    let data_start = 8 + header.len() as u64;
+    crate::copy::preallocate(file, data_start + offset).map_err(io)?;
     file.write_all(&(header.len() as u64).to_le_bytes())
         .map_err(io)?;
     file.write_all(header.as_bytes()).map_err(io)?;
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = Vec::new();
+    let mut copier = Copier::new();
     let mut written = 0u64;
     for t in order.iter().map(|&i| tensors[i]) {
         if let Some((src, start, len)) = t.file_region() {
-            // Contiguous bytes of the checkpoint file: the kernel copies them
-            // (copy_file_range through std::io::copy), never through this process.
-            let mut src: &std::fs::File = src;
-            src.seek(std::io::SeekFrom::Start(start))
-                .map_err(|e| Error::io(t.checkpoint_path(), e))?;
-            let copied = std::io::copy(&mut Read::take(src, len), &mut file).map_err(io)?;
+            // Contiguous bytes of the checkpoint file: the kernel copies them, never this
+            // process (see `copy`).
+            let copied = copier
+                .copy(src, start, len, file, data_start + written)
+                .map_err(|e| match e {
+                    CopyError::Read(e) => Error::io(t.checkpoint_path(), e),
+                    CopyError::Write(e) => Error::io(out, e),
+                })?;
             if copied != len {
                 return Err(Error::invalid(
                     t.checkpoint_path(),
@@ -112,6 +118,9 @@ pub fn write(tensors: &[&Tensor], metadata: &[(String, String)], out: &Path) -> 
             }
             written += len;
             continue;
+        }
+        if buf.is_empty() {
+            buf = vec![0u8; CHUNK];
         }
         let mut r = t.reader();
         let mut left = t.nbytes();

@@ -285,7 +285,27 @@ fn globs(patterns: &[String]) -> anyhow::Result<globset::GlobSet> {
 }
 
 fn matches(set: &globset::GlobSet, path: &Path) -> bool {
+    if set.is_empty() {
+        return false;
+    }
     set.is_match(path) || path.file_name().is_some_and(|n| set.is_match(n))
+}
+
+/// The sort key that puts paths in the order of a depth-first walk that visits each directory's
+/// entries by name: the path's bytes with every separator made the lowest byte, so that `a/x`
+/// (inside `a`) comes before `ab` as the walk has it, where plain byte order would not.
+fn walk_order(path: &Path) -> Vec<u8> {
+    path.as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .map(|&b| {
+            if std::path::is_separator(char::from(b)) {
+                0
+            } else {
+                b
+            }
+        })
+        .collect()
 }
 
 /// Every file under `paths`, in a stable order. Directory symlinks are not followed (no loops);
@@ -311,10 +331,10 @@ fn collect_files(
             files.push((root.clone(), is_link));
             continue;
         }
-        let walker = walkdir::WalkDir::new(root)
-            .follow_links(false)
-            .sort_by_file_name()
-            .into_iter();
+        // Unsorted: walkdir's sort_by_file_name parses both paths at every comparison; this
+        // root's files are sorted once below, into the same order.
+        let first = files.len();
+        let walker = walkdir::WalkDir::new(root).follow_links(false).into_iter();
         for entry in walker.filter_entry(|e| e.depth() == 0 || !matches(exclude, e.path())) {
             match entry {
                 Ok(e) => {
@@ -331,6 +351,7 @@ fn collect_files(
                 Err(e) => errors.push(format!("cannot walk {}: {e}", root.display())),
             }
         }
+        files[first..].sort_by_cached_key(|(p, _)| walk_order(p));
     }
     (dedupe_links(files, paths.len() > 1), errors)
 }
@@ -440,4 +461,22 @@ fn format_table(reports: &[FileReport]) -> String {
     }
     s.push('\n');
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walk_order_visits_a_directory_before_longer_sibling_names() {
+        let mut paths: Vec<PathBuf> = ["r/ab", "r/a.txt", "r/a/x", "r/a/b/c", "r/-"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        paths.sort_by_cached_key(|p| walk_order(p));
+        assert_eq!(
+            paths,
+            ["r/-", "r/a/b/c", "r/a/x", "r/a.txt", "r/ab"].map(PathBuf::from)
+        );
+    }
 }

@@ -3,9 +3,6 @@
 //! policy). It is built from the gadgets of published scanner bypasses
 //! (`reference/scanners.md` §2c: GHSA advisories against picklescan, fickling and modelscan).
 
-use std::collections::HashSet;
-use std::sync::OnceLock;
-
 /// Modules where every attribute is treated as dangerous (matched as the module itself or any
 /// submodule: `asyncio` covers `asyncio.unix_events`).
 const MODULES: &[&str] = &[
@@ -243,59 +240,164 @@ const DUNDERS: &[&str] = &[
     "__set__",
 ];
 
-fn sets() -> &'static (
-    HashSet<&'static str>,
-    HashSet<&'static str>,
-    HashSet<&'static str>,
-) {
-    static SETS: OnceLock<(
-        HashSet<&'static str>,
-        HashSet<&'static str>,
-        HashSet<&'static str>,
-    )> = OnceLock::new();
-    SETS.get_or_init(|| {
-        (
-            MODULES.iter().copied().collect(),
-            NAMES.iter().copied().collect(),
-            DUNDERS.iter().copied().collect(),
-        )
-    })
+/// A set of static strings hashed at compile time: FNV-1a over the bytes, open addressing with
+/// linear probing in `N` slots (a power of two, at least twice the keys). Lookups hash nothing
+/// but the probe and build nothing at run time; [`StrSet::contains_hashed`] takes a hash
+/// computed incrementally, so every dotted prefix of a name costs one pass over it.
+pub(crate) struct StrSet<const N: usize> {
+    keys: &'static [&'static str],
+    /// 1 + the index of the key in `keys`; 0 for an empty slot.
+    slots: [u16; N],
 }
+
+/// FNV-1a's offset basis.
+pub(crate) const FNV_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a over `bytes`, continuing from `h`.
+#[inline]
+pub(crate) const fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    let mut i = 0;
+    while i < bytes.len() {
+        h = fnv_byte(h, bytes[i]);
+        i += 1;
+    }
+    h
+}
+
+/// One FNV-1a step.
+#[inline]
+pub(crate) const fn fnv_byte(h: u64, b: u8) -> u64 {
+    (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+const fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+impl<const N: usize> StrSet<N> {
+    /// The set of `keys`; of a repeated key the last index is kept.
+    pub(crate) const fn new(keys: &'static [&'static str]) -> Self {
+        assert!(N.is_power_of_two() && keys.len() * 2 <= N && N <= u16::MAX as usize);
+        let mut slots = [0u16; N];
+        let mut i = 0;
+        while i < keys.len() {
+            let key = keys[i].as_bytes();
+            let mut s = Self::slot(fnv(FNV_SEED, key));
+            loop {
+                if slots[s] == 0 || bytes_eq(keys[slots[s] as usize - 1].as_bytes(), key) {
+                    slots[s] = i as u16 + 1;
+                    break;
+                }
+                s = (s + 1) & (N - 1);
+            }
+            i += 1;
+        }
+        StrSet { keys, slots }
+    }
+
+    #[inline]
+    const fn slot(h: u64) -> usize {
+        ((h ^ (h >> 29)) as usize) & (N - 1)
+    }
+
+    /// Whether `s` is in the set.
+    #[inline]
+    pub(crate) fn contains(&self, s: &str) -> bool {
+        self.index(s.as_bytes()).is_some()
+    }
+
+    /// The index in `keys` of `key`.
+    #[inline]
+    pub(crate) fn index(&self, key: &[u8]) -> Option<usize> {
+        self.index_hashed(fnv(FNV_SEED, key), key)
+    }
+
+    /// Whether `key`, whose [`fnv`] hash from [`FNV_SEED`] is `h`, is in the set.
+    #[inline]
+    pub(crate) fn contains_hashed(&self, h: u64, key: &[u8]) -> bool {
+        self.index_hashed(h, key).is_some()
+    }
+
+    fn index_hashed(&self, h: u64, key: &[u8]) -> Option<usize> {
+        let mut s = Self::slot(h);
+        loop {
+            let k = self.slots[s];
+            if k == 0 {
+                return None;
+            }
+            let i = usize::from(k) - 1;
+            if self.keys[i].as_bytes() == key {
+                return Some(i);
+            }
+            s = (s + 1) & (N - 1);
+        }
+    }
+}
+
+static MODULE_SET: StrSet<512> = StrSet::new(MODULES);
+static NAME_SET: StrSet<128> = StrSet::new(NAMES);
+static DUNDER_SET: StrSet<64> = StrSet::new(DUNDERS);
 
 /// Why `module.name` is known to be dangerous, or `None`.
 pub(crate) fn classify(module: &str, name: &str) -> Option<&'static str> {
-    let (modules, names, dunders) = sets();
+    // Every dunder starts with `__`.
     if name
         .split('.')
         .chain(module.split('.'))
-        .any(|part| dunders.contains(part))
+        .any(|part| part.starts_with("__") && DUNDER_SET.contains(part))
     {
         return Some("reaches interpreter internals through a dunder attribute");
     }
     // `find_class` walks dotted names (protocol 4+), so `pathlib` + `os.system` is `os.system`:
     // judge the full path, and every suffix that starts inside the attribute path as if it
-    // were the module path. Slices of one string, no allocation per suffix.
-    let full = format!("{module}.{name}");
-    let dots: Vec<usize> = full.match_indices('.').map(|(i, _)| i).collect();
-    let module_parts = module.split('.').count();
-    let starts = std::iter::once(0).chain(dots.iter().skip(module_parts - 1).map(|d| d + 1));
+    // were the module path. The full path is built once, on the stack when it fits.
+    let total = module.len() + 1 + name.len();
+    let mut stack = [0u8; 256];
+    let heap: Vec<u8>;
+    let full: &[u8] = if total <= stack.len() {
+        stack[..module.len()].copy_from_slice(module.as_bytes());
+        stack[module.len()] = b'.';
+        stack[module.len() + 1..total].copy_from_slice(name.as_bytes());
+        &stack[..total]
+    } else {
+        heap = [module.as_bytes(), b".", name.as_bytes()].concat();
+        &heap
+    };
+    let starts = std::iter::once(0).chain(
+        full[module.len()..]
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c == b'.')
+            .map(|(i, _)| module.len() + i + 1),
+    );
     for start in starts {
         let tail = &full[start..];
-        if names.contains(tail) {
+        if NAME_SET.contains_hashed(fnv(FNV_SEED, tail), tail) {
             return Some("runs code, touches files or reaches the network");
         }
-        // The tail itself and each of its dotted prefixes, as a module path.
-        let prefixes = dots
-            .iter()
-            .filter(|&&d| d > start)
-            .map(|&d| &full[start..d])
-            .chain(std::iter::once(tail));
-        for prefix in prefixes {
-            if modules.contains(prefix) {
+        // Each dotted prefix of the tail, then the tail itself, as a module path: one pass,
+        // the hash of each prefix taken as the pass reaches its dot.
+        let mut h = FNV_SEED;
+        for (i, &c) in tail.iter().enumerate() {
+            if c == b'.' && i > 0 && MODULE_SET.contains_hashed(h, &tail[..i]) {
                 return Some(
                     "belongs to a module that runs commands, code or network and file I/O",
                 );
             }
+            h = fnv_byte(h, c);
+        }
+        if MODULE_SET.contains_hashed(h, tail) {
+            return Some("belongs to a module that runs commands, code or network and file I/O");
         }
     }
     None
@@ -303,7 +405,141 @@ pub(crate) fn classify(module: &str, name: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::classify;
+    use super::*;
+
+    /// The old definition, on `HashSet`s and a `String`: the reference for [`classify`].
+    fn reference(module: &str, name: &str) -> Option<&'static str> {
+        use std::collections::HashSet;
+        use std::sync::OnceLock;
+        type Sets = (
+            HashSet<&'static str>,
+            HashSet<&'static str>,
+            HashSet<&'static str>,
+        );
+        static SETS: OnceLock<Sets> = OnceLock::new();
+        let (modules, names, dunders) = SETS.get_or_init(|| {
+            (
+                MODULES.iter().copied().collect(),
+                NAMES.iter().copied().collect(),
+                DUNDERS.iter().copied().collect(),
+            )
+        });
+        if name
+            .split('.')
+            .chain(module.split('.'))
+            .any(|part| dunders.contains(part))
+        {
+            return Some("reaches interpreter internals through a dunder attribute");
+        }
+        let full = format!("{module}.{name}");
+        let dots: Vec<usize> = full.match_indices('.').map(|(i, _)| i).collect();
+        let module_parts = module.split('.').count();
+        let starts = std::iter::once(0).chain(dots.iter().skip(module_parts - 1).map(|d| d + 1));
+        for start in starts {
+            let tail = &full[start..];
+            if names.contains(tail) {
+                return Some("runs code, touches files or reaches the network");
+            }
+            let prefixes = dots
+                .iter()
+                .filter(|&&d| d > start)
+                .map(|&d| &full[start..d])
+                .chain(std::iter::once(tail));
+            for prefix in prefixes {
+                if modules.contains(prefix) {
+                    return Some(
+                        "belongs to a module that runs commands, code or network and file I/O",
+                    );
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn sets_hold_their_lists() {
+        assert!(DUNDERS.iter().all(|d| d.starts_with("__")));
+        for (set, list) in [
+            (MODULE_SET.keys, MODULES),
+            (NAME_SET.keys, NAMES),
+            (DUNDER_SET.keys, DUNDERS),
+        ] {
+            assert_eq!(set.len(), list.len());
+        }
+        assert!(MODULES.iter().all(|m| MODULE_SET.contains(m)));
+        assert!(NAMES.iter().all(|m| NAME_SET.contains(m)));
+        assert!(DUNDERS.iter().all(|m| DUNDER_SET.contains(m)));
+        assert!(
+            !MODULE_SET.contains("o") && !MODULE_SET.contains("oss") && !MODULE_SET.contains("")
+        );
+    }
+
+    #[test]
+    fn same_as_the_reference() {
+        let parts = [
+            "os",
+            "system",
+            "posix",
+            "builtins",
+            "eval",
+            "pathlib",
+            "Path",
+            "torch",
+            "_utils",
+            "_rebuild_tensor_v2",
+            "numpy",
+            "testing",
+            "__class__",
+            "",
+            "a",
+            "joblib",
+            "numpy_pickle_utils",
+            "x",
+            "ops",
+            "load",
+            "sklearn",
+            "linear_model",
+            "asyncio",
+            "unix_events",
+            "__builtins__",
+            "copyreg",
+            "add_extension",
+            "keras",
+            "é",
+            "import",
+        ];
+        let mut modules: Vec<String> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        for (i, a) in parts.iter().enumerate() {
+            modules.push((*a).to_owned());
+            names.push((*a).to_owned());
+            for (j, b) in parts.iter().enumerate() {
+                modules.push(format!("{a}.{b}"));
+                if i < 8 {
+                    names.push(format!("{a}.{b}"));
+                }
+                if i < 4 && j < 6 {
+                    for c in ["os", "eval", "", "x", "load"] {
+                        names.push(format!("{a}.{b}.{c}"));
+                        modules.push(format!("{a}.{b}.{c}"));
+                    }
+                }
+            }
+        }
+        for long in [
+            "x".repeat(300),
+            format!("{}.os", "y".repeat(300)),
+            format!("os.{}", "y".repeat(300)),
+        ] {
+            modules.push(long.clone());
+            names.push(long);
+        }
+        for m in &modules {
+            for n in &names {
+                assert_eq!(classify(m, n), reference(m, n), "{m} {n}");
+            }
+        }
+    }
 
     #[test]
     fn direct_and_walked_names() {

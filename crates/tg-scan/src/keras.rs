@@ -12,11 +12,12 @@
 //! code and are malicious; anything else outside the allowlist needs user code to load and is
 //! suspicious.
 
-use serde_json::Value;
 use tg_archive::{ReadAt, ZipArchive};
 use tg_report::{Finding, Location, Verdict};
 
+use crate::danger::StrSet;
 use crate::formats::Outcome;
+use crate::json::{Json, obj_get};
 
 /// HDF5's signature (a Keras `.h5` model holds its config in an HDF5 attribute).
 pub(crate) fn is_hdf5(head: &[u8]) -> bool {
@@ -378,13 +379,16 @@ const BUILTIN_CLASSES: &[&str] = &[
     "TypeSpec",
 ];
 
+/// [`BUILTIN_CLASSES`], hashed.
+static BUILTIN_SET: StrSet<1024> = StrSet::new(BUILTIN_CLASSES);
+
 /// Whether a module-less `class_name` is a Keras built-in: a plain name from the list, or one
 /// registered under Keras 2's default package (`Custom>Adam`, how TF 2.11+ saved optimizers).
 fn builtin_class(class: &str) -> bool {
     match class.split_once('>') {
-        Some(("Custom" | "keras", name)) => BUILTIN_CLASSES.contains(&name),
+        Some(("Custom" | "keras", name)) => BUILTIN_SET.contains(name),
         Some(_) => false,
-        None => BUILTIN_CLASSES.contains(&class),
+        None => BUILTIN_SET.contains(class),
     }
 }
 
@@ -432,12 +436,12 @@ fn keras_module(module: &str) -> bool {
 fn keras_registered(name: &str, class_name: Option<&str>) -> bool {
     match name.split_once('>') {
         Some((package, _)) => keras_module(package),
-        None => Some(name) == class_name || BUILTIN_CLASSES.contains(&name),
+        None => Some(name) == class_name || BUILTIN_SET.contains(name),
     }
 }
 
 /// Judge one config tree. `location` is where the config lives (a member or an offset).
-pub(crate) fn judge_config(v: &Value, location: &Location, out: &mut Vec<Finding>) {
+pub(crate) fn judge_config(v: &Json<'_>, location: &Location, out: &mut Vec<Finding>) {
     let mut seen = std::collections::HashSet::new();
     walk(v, location, out, &mut seen, 0);
 }
@@ -456,21 +460,39 @@ fn push(
     }
 }
 
-fn snippet(v: &Value) -> String {
-    v.to_string().chars().take(200).collect()
-}
-
-/// [`snippet`] of an object, without cloning it into a `Value` first.
-fn map_snippet(map: &serde_json::Map<String, Value>) -> String {
-    serde_json::to_string(map)
+/// The first 200 characters of `v` as compact JSON (what `Value::to_string` writes).
+fn snippet(v: &Json<'_>) -> String {
+    serde_json::to_string(v)
         .unwrap_or_default()
         .chars()
         .take(200)
         .collect()
 }
 
+/// Which of [`GADGET_STRINGS`] occur in `s` as a whole name (`keras.utils.get_file`), not
+/// inside another name: a bit per gadget.
+fn gadget_names(s: &str) -> u8 {
+    let mut found = 0u8;
+    // Names are runs of ASCII letters, digits and `_`; every other byte (a non-ASCII
+    // character's included) separates them.
+    for token in s
+        .as_bytes()
+        .split(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
+    {
+        if token.len() < 8 {
+            continue;
+        }
+        for (i, g) in GADGET_STRINGS.iter().enumerate() {
+            if token == g.as_bytes() {
+                found |= 1 << i;
+            }
+        }
+    }
+    found
+}
+
 fn walk(
-    v: &Value,
+    v: &Json<'_>,
     loc: &Location,
     out: &mut Vec<Finding>,
     seen: &mut std::collections::HashSet<String>,
@@ -480,14 +502,15 @@ fn walk(
         return; // serde_json refuses deeper nesting than 128 anyway
     }
     match v {
-        Value::Object(map) => {
-            let class = map.get("class_name").and_then(Value::as_str);
-            let module = map.get("module").and_then(Value::as_str);
-            let registered = map.get("registered_name").and_then(Value::as_str);
+        Json::Obj(map) => {
+            let get = |k: &str| obj_get(map, k).and_then(Json::as_str);
+            let class = get("class_name");
+            let module = get("module");
+            let registered = get("registered_name");
             if matches!(class, Some("Lambda" | "__lambda__")) {
                 // one finding for the layer; its serialized function is the evidence
                 object(
-                    map,
+                    v,
                     class.unwrap_or_default(),
                     module,
                     registered,
@@ -498,32 +521,32 @@ fn walk(
                 return;
             }
             if let Some(class) = class {
-                object(map, class, module, registered, loc, out, seen);
+                object(v, class, module, registered, loc, out, seen);
             }
-            for child in map.values() {
+            for (_, child) in map {
                 walk(child, loc, out, seen, depth + 1);
             }
         }
-        Value::Array(items) => {
+        Json::Arr(items) => {
             for c in items {
                 walk(c, loc, out, seen, depth + 1);
             }
         }
-        Value::String(s) => {
-            for g in GADGET_STRINGS {
-                // as a whole name (`keras.utils.get_file`), not inside another name
-                if s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .any(|t| t == *g)
-                {
-                    push(
-                        out,
-                        seen,
-                        rules::GADGET,
-                        Verdict::Malicious,
-                        format!("config names '{g}', a known Keras safe-mode bypass"),
-                        loc,
-                        s.chars().take(200).collect(),
-                    );
+        Json::Str(s) => {
+            let found = gadget_names(s);
+            if found != 0 {
+                for (i, g) in GADGET_STRINGS.iter().enumerate() {
+                    if found & (1 << i) != 0 {
+                        push(
+                            out,
+                            seen,
+                            rules::GADGET,
+                            Verdict::Malicious,
+                            format!("config names '{g}', a known Keras safe-mode bypass"),
+                            loc,
+                            s.chars().take(200).collect(),
+                        );
+                    }
                 }
             }
         }
@@ -531,8 +554,9 @@ fn walk(
     }
 }
 
+/// Judge one object (`v`, a [`Json::Obj`]) that names a class.
 fn object(
-    map: &serde_json::Map<String, Value>,
+    v: &Json<'_>,
     class: &str,
     module: Option<&str>,
     registered: Option<&str>,
@@ -541,11 +565,10 @@ fn object(
     seen: &mut std::collections::HashSet<String>,
 ) {
     if class == "Lambda" || class == "__lambda__" {
-        let code = map
+        let code = v
             .get("config")
             .and_then(|c| c.get("function").or_else(|| c.get("code")))
-            .map(snippet)
-            .unwrap_or_else(|| map_snippet(map));
+            .map_or_else(|| snippet(v), snippet);
         push(
             out,
             seen,
@@ -569,7 +592,7 @@ fn object(
                     "config resolves '{m}.{class}': Keras would import and call code from '{m}'"
                 ),
                 loc,
-                map_snippet(map),
+                snippet(v),
             );
             return;
         }
@@ -583,16 +606,16 @@ fn object(
                     "config object '{m}.{class}' comes from outside Keras: loading it imports that module"
                 ),
                 loc,
-                map_snippet(map),
+                snippet(v),
             );
             return;
         }
     } else if matches!(class, "TFOpLambda" | "SlicingOpLambda") {
         // Keras 2 functional models record raw TensorFlow calls by API name.
-        let function = map
+        let function = v
             .get("config")
             .and_then(|c| c.get("function"))
-            .and_then(Value::as_str)
+            .and_then(Json::as_str)
             .unwrap_or("");
         if !tf_op_is_plain_math(function) {
             push(
@@ -604,7 +627,7 @@ fn object(
                     "Keras {class} layer calls TensorFlow API '{function}', which is not plain tensor math"
                 ),
                 loc,
-                map_snippet(map),
+                snippet(v),
             );
         }
         return;
@@ -616,7 +639,7 @@ fn object(
             Verdict::Suspicious,
             format!("config class '{class}' is not a Keras built-in: it needs custom code to load"),
             loc,
-            map_snippet(map),
+            snippet(v),
         );
         return;
     }
@@ -632,7 +655,7 @@ fn object(
                 "config object '{class}' is registered as '{r}', a custom object outside Keras"
             ),
             loc,
-            map_snippet(map),
+            snippet(v),
         );
     }
 }
@@ -655,7 +678,7 @@ pub(crate) fn scan_h5(bytes: &[u8]) -> (Vec<Finding>, Vec<String>) {
             continue;
         }
         let window = &rest[..rest.len().min(MAX_CONFIG as usize)];
-        let mut it = serde_json::Deserializer::from_slice(window).into_iter::<Value>();
+        let mut it = serde_json::Deserializer::from_slice(window).into_iter::<Json<'_>>();
         match it.next() {
             Some(Ok(v)) => {
                 configs += 1;
@@ -714,25 +737,37 @@ pub(crate) fn scan_zip<R: ReadAt>(zip: &ZipArchive<R>) -> Option<Outcome> {
         format: "keras",
         ..Outcome::default()
     };
-    let read = |e: &tg_archive::Entry| -> Result<Value, String> {
+    let read = |e: &tg_archive::Entry| -> Result<Vec<u8>, String> {
         if e.uncompressed_size > MAX_CONFIG {
             return Err(format!("{} is larger than {MAX_CONFIG} bytes", e.name));
         }
-        let bytes = zip.read(e).map_err(|x| x.to_string())?;
-        serde_json::from_slice(&bytes).map_err(|x| format!("{} is not JSON: {x}", e.name))
+        zip.read(e).map_err(|x| x.to_string())
     };
-    let config = read(config);
+    fn parse<'b>(
+        e: &tg_archive::Entry,
+        bytes: &'b Result<Vec<u8>, String>,
+    ) -> Result<Json<'b>, String> {
+        match bytes {
+            Ok(b) => serde_json::from_slice(b).map_err(|x| format!("{} is not JSON: {x}", e.name)),
+            Err(x) => Err(x.clone()),
+        }
+    }
+    let config_bytes = read(config);
+    let config = parse(config, &config_bytes);
     // Keras itself needs only config.json; without metadata.json the zip is a Keras model
     // when its config is a Keras object.
     match metadata {
-        Some(m) => match read(m) {
-            Ok(m) => {
-                if let Some(v) = m.get("keras_version").and_then(Value::as_str) {
-                    out.notes.push(format!("saved by Keras {v}"));
+        Some(m) => {
+            let bytes = read(m);
+            match parse(m, &bytes) {
+                Ok(m) => {
+                    if let Some(v) = m.get("keras_version").and_then(Json::as_str) {
+                        out.notes.push(format!("saved by Keras {v}"));
+                    }
                 }
+                Err(e) => out.notes.push(e),
             }
-            Err(e) => out.notes.push(e),
-        },
+        }
         None => {
             if !config.as_ref().is_ok_and(|c| c.get("class_name").is_some()) {
                 return None;
@@ -769,7 +804,7 @@ mod tests {
     use super::*;
 
     fn verdict(config: &str) -> Verdict {
-        let v: Value = serde_json::from_str(config).unwrap();
+        let v: Json<'_> = serde_json::from_str(config).unwrap();
         let mut out = Vec::new();
         judge_config(&v, &Location::default(), &mut out);
         out.iter()

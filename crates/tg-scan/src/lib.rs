@@ -19,6 +19,7 @@
 mod danger;
 mod formats;
 mod gguf;
+mod json;
 mod judge;
 mod keras;
 mod literal;

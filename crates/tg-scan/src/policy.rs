@@ -11,8 +11,37 @@
 //! A global outside the active policy is never clean: `suspicious`, or `malicious` when it is
 //! known to be dangerous ([`crate::danger`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::danger::{FNV_SEED, fnv, fnv_byte};
+
+/// FNV-1a: the keys are the policy's own entries (built-in or the user's), so a fast hash
+/// that an input could collide does not matter: lookups of a file's names insert nothing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(FNV_SEED)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = fnv(self.0, bytes);
+    }
+
+    fn write_u8(&mut self, b: u8) {
+        self.0 = fnv_byte(self.0, b);
+    }
+}
 
 /// How an allowlisted global may be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,9 +83,9 @@ pub enum Base {
 #[derive(Debug, Clone)]
 pub struct Policy {
     base: Base,
-    exact: HashMap<String, (Kind, &'static str)>,
+    exact: HashMap<Cow<'static, str>, (Kind, &'static str), BuildHasherDefault<Fnv>>,
     /// Module prefixes whose *classes* (CamelCase names, no dots, no dunders) may be built.
-    class_prefixes: Vec<(String, &'static str)>,
+    class_prefixes: Vec<(&'static str, &'static str)>,
 }
 
 /// Why a user entry could not be added.
@@ -81,7 +110,7 @@ impl Policy {
     pub fn new(base: Base) -> Self {
         let mut p = Policy {
             base,
-            exact: HashMap::new(),
+            exact: HashMap::with_capacity_and_hasher(256, BuildHasherDefault::default()),
             class_prefixes: Vec::new(),
         };
         p.add_weights_only();
@@ -121,7 +150,7 @@ impl Policy {
             return Err(PolicyError::BadEntry(entry.to_owned()));
         }
         self.exact
-            .insert(name.to_owned(), (kind, "added by the user"));
+            .insert(Cow::Owned(name.to_owned()), (kind, "added by the user"));
         Ok(())
     }
 
@@ -146,7 +175,7 @@ impl Policy {
             return Some(*e);
         }
         for (prefix, why) in &self.class_prefixes {
-            if let Some(rest) = full.strip_prefix(prefix.as_str()) {
+            if let Some(rest) = full.strip_prefix(prefix) {
                 let last = rest.rsplit('.').next().unwrap_or(rest);
                 // A class defined somewhere in the package: CamelCase, no attribute walk from
                 // a function (the name is the last component), no dunders anywhere.
@@ -161,9 +190,9 @@ impl Policy {
         None
     }
 
-    fn put(&mut self, names: &[&str], kind: Kind, why: &'static str) {
+    fn put(&mut self, names: &[&'static str], kind: Kind, why: &'static str) {
         for n in names {
-            self.exact.insert((*n).to_owned(), (kind, why));
+            self.exact.insert(Cow::Borrowed(n), (kind, why));
         }
     }
 
@@ -204,7 +233,7 @@ impl Policy {
             Kind::Function,
             WO,
         );
-        let mut constants: Vec<String> = Vec::new();
+        let mut constants: Vec<Cow<'static, str>> = Vec::with_capacity(128);
         for d in [
             "float32",
             "float64",
@@ -253,14 +282,14 @@ impl Policy {
             "int6",
             "int7",
         ] {
-            constants.push(format!("torch.{d}"));
+            constants.push(Cow::Owned(format!("torch.{d}")));
         }
         for t in [
             "Double", "Float", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool",
         ] {
             // torch._tensor_classes: the legacy typed tensor classes, CPU, CUDA and sparse.
             for m in ["torch", "torch.cuda", "torch.sparse"] {
-                constants.push(format!("{m}.{t}Tensor"));
+                constants.push(Cow::Owned(format!("{m}.{t}Tensor")));
             }
         }
         for s in [
@@ -283,8 +312,8 @@ impl Policy {
             "QUInt2x4",
         ] {
             // torch._storage_classes: replaced by an inert StorageType marker in weights-only.
-            constants.push(format!("torch.{s}Storage"));
-            constants.push(format!("torch.cuda.{s}Storage"));
+            constants.push(Cow::Owned(format!("torch.{s}Storage")));
+            constants.push(Cow::Owned(format!("torch.cuda.{s}Storage")));
         }
         constants.extend(
             [
@@ -297,7 +326,7 @@ impl Policy {
                 "torch.per_channel_symmetric",
                 "torch.per_channel_affine_float_qparams",
             ]
-            .map(String::from),
+            .map(Cow::Borrowed),
         );
         for c in constants {
             self.exact.insert(c, (Kind::Constant, WO));
@@ -408,7 +437,7 @@ impl Policy {
             "numpy data-only reconstructor: builds a scalar, array or RNG from bytes and a name looked up in a fixed table",
         );
         self.class_prefixes.push((
-            "numpy.dtypes.".into(),
+            "numpy.dtypes.",
             "numpy 2 dtype classes (Float32DType, …): pure data",
         ));
         self.put(
@@ -442,19 +471,19 @@ impl Policy {
             "transformers Trainer state (training_args.bin): dataclasses and enums rebuilt with NEWOBJ/BUILD or enum lookup, no __init__ side effects",
         );
         self.class_prefixes.push((
-            "accelerate.utils.dataclasses.".into(),
+            "accelerate.utils.dataclasses.",
             "accelerate's config dataclasses and enums, stored in trainer state",
         ));
         self.class_prefixes.push((
-            "sklearn.".into(),
+            "sklearn.",
             "scikit-learn estimator classes: rebuilt with __reduce_ex__ + BUILD (BaseEstimator.__setstate__ only updates __dict__); functions are not allowed",
         ));
         self.class_prefixes.push((
-            "scipy.sparse.".into(),
+            "scipy.sparse.",
             "scipy sparse matrix classes inside scikit-learn estimators: pure data",
         ));
         self.class_prefixes.push((
-            "torch.nn.modules.".into(),
+            "torch.nn.modules.",
             "torch's own nn.Module classes in whole-model pickles: Module.__setstate__ only restores attributes",
         ));
         self.put(

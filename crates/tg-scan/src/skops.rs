@@ -9,11 +9,11 @@
 //! malicious, and so is any type or function from a known-dangerous module (`os.system`,
 //! `builtins.eval`), which users who pass `trusted=get_untrusted_types(...)` would run.
 
-use serde_json::Value;
 use tg_archive::{ReadAt, ZipArchive};
 use tg_report::{Finding, Location, Verdict};
 
 use crate::formats::Outcome;
+use crate::json::{Json, obj_get};
 
 /// Rule ids.
 pub mod rules {
@@ -70,13 +70,15 @@ pub(crate) fn scan_zip<R: ReadAt>(zip: &ZipArchive<R>) -> Option<Outcome> {
         ..Outcome::default()
     };
     let loc = Location::default().within("schema.json");
-    let parsed = if schema.uncompressed_size > MAX_SCHEMA {
+    let bytes = if schema.uncompressed_size > MAX_SCHEMA {
         Err(format!("schema.json is larger than {MAX_SCHEMA} bytes"))
     } else {
-        zip.read(schema)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|e| e.to_string()))
+        zip.read(schema).map_err(|e| e.to_string())
     };
+    let parsed = bytes
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|b| serde_json::from_slice::<Json<'_>>(b).map_err(|e| e.to_string()));
     match parsed {
         Ok(v) => {
             let mut untrusted = std::collections::BTreeSet::new();
@@ -100,25 +102,28 @@ pub(crate) fn scan_zip<R: ReadAt>(zip: &ZipArchive<R>) -> Option<Outcome> {
 }
 
 fn judge(
-    v: &Value,
+    v: &Json<'_>,
     loc: &Location,
     out: &mut Vec<Finding>,
     untrusted: &mut std::collections::BTreeSet<String>,
 ) {
     match v {
-        Value::Object(map) => {
-            let s = |k: &str| map.get(k).and_then(Value::as_str);
+        Json::Obj(map) => {
+            let s = |k: &str| obj_get(map, k).and_then(Json::as_str);
             if let (Some(module), Some(class)) = (s("__module__"), s("__class__")) {
                 let loader = s("__loader__").unwrap_or("");
-                let evidence = format!("{loader} {module}.{class}");
-                let already = out.iter().any(|f| f.evidence.as_deref() == Some(&evidence));
+                let evidence = || format!("{loader} {module}.{class}");
+                let already = |out: &[Finding], evidence: &str| {
+                    out.iter().any(|f| f.evidence.as_deref() == Some(evidence))
+                };
                 if matches!(loader, "OperatorFuncNode" | "MethodNode") {
                     let cve = if loader == "MethodNode" {
                         "CVE-2025-54413"
                     } else {
                         "CVE-2025-54412"
                     };
-                    if !already {
+                    let evidence = evidence();
+                    if !already(out, &evidence) {
                         out.push(
                             Finding::new(
                                 rules::UNSAFE_NODE,
@@ -130,7 +135,8 @@ fn judge(
                         );
                     }
                 } else if let Some(why) = crate::danger::classify(module, class) {
-                    if !already {
+                    let evidence = evidence();
+                    if !already(out, &evidence) {
                         out.push(
                             Finding::new(
                                 rules::DANGEROUS_TYPE,
@@ -145,11 +151,11 @@ fn judge(
                     untrusted.insert(format!("{module}.{class}"));
                 }
             }
-            for child in map.values() {
+            for (_, child) in map {
                 judge(child, loc, out, untrusted);
             }
         }
-        Value::Array(items) => {
+        Json::Arr(items) => {
             for c in items {
                 judge(c, loc, out, untrusted);
             }

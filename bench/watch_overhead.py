@@ -31,6 +31,12 @@ HTTP; it runs beside the loop). Ratios are against `plain`. Every arm reports to
 (`trainguard watch serve` on a free loopback port with a temporary database) when the binary is
 built (TRAINGUARD=path, else target/release or target/debug), otherwise to a closed port (events
 are spooled to a temporary file). `--json PATH` writes every number. Needs torch.
+
+watch.py is loaded from this source tree; the native module it reads CPU tensors with comes from
+the installed package, which must be a release build (scripts/test-python installs a debug one;
+this script says so when it finds one). From the repository root, with .venv/bin on PATH:
+
+    .venv/bin/python -m pip install --no-build-isolation --no-deps --force-reinstall ./python
 """
 
 from __future__ import annotations
@@ -164,6 +170,16 @@ def make_loop(name: str, device: str):
     return model, opt, forward, f"{what}, {params / 1e6:.2f} M parameters in {tensors} tensors, AdamW"
 
 
+def native_build() -> str:
+    """"release", "debug" or "missing": the installed native module that watch.py reads CPU
+    tensors with."""
+    try:
+        import trainguard._native as native
+    except ImportError:
+        return "missing"
+    return "debug" if getattr(native, "debug_build", True) else "release"
+
+
 def thread_cpu_s(thread) -> float:
     """CPU seconds used so far by another thread of this process (Linux), 0.0 when unknown."""
     try:
@@ -186,6 +202,10 @@ def main() -> int:
     result: dict[str, dict] = {}
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
 
+    native = args.native = native_build()
+    if native != "release":
+        print(f"warning: trainguard._native is {native}: these are not the numbers of a release build",
+              file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as d:
         tmp = Path(d)
         proc, url = start_collector(tmp)
@@ -205,7 +225,7 @@ def main() -> int:
               "(under load, read the thread CPU columns rather than wall)")
     if args.json:
         args.json.write_text(json.dumps({"device": args.device, "threads": args.threads, "load_average": load,
-                                         "loops": result}, indent=2))
+                                         "native": native, "loops": result}, indent=2))
     return 0
 
 
@@ -255,7 +275,7 @@ def report(name: str, desc: str, samples: dict, sender: dict, steps: int, args, 
     judged = " (the loop the 1% target is judged on)" if name == JUDGED else " (fixed-cost floor; not judged)"
     print(f"\n{name}{judged}: {desc}")
     print(f"  device {args.device}, {steps} steps per arm, arms stepped in turn, torch threads {args.threads}, "
-          f"events to {sink}")
+          f"events to {sink}, native module: {args.native} build")
     print(f"  {'arm':<9} {'wall ms':>9} {'ratio':>6} {'thread CPU ms':>13} {'ratio':>6} "
           f"{'in watch':>9} {'% of step':>9} {'sender CPU':>10}")
     out = {}

@@ -73,3 +73,39 @@ def check_bytes(
 def read_tensors(
     path: _Path, policy: str = "default", allow: list[str] = ...
 ) -> tuple[list[tuple[str, str, tuple[int, ...], bytearray]], list[tuple[str, str]]]: ...
+
+# The per-step reads of `trainguard.watch` on the CPU (private to it).
+
+debug_build: bool
+"""True when this module was built without optimisations (cargo's dev profile)."""
+
+class WordSums:
+    """Wrap-around sums of the integer words of fixed tensors, and copies of byte ranges of them.
+
+    `words[i]` and `data[i]` are views of the same bytes: as int64, int32, int16 or uint8 words
+    and as uint8 (C-contiguous). `plans` are lists of `(tensor, lo, hi)` byte ranges.
+    """
+
+    def __init__(
+        self,
+        words: list[object],
+        data: list[object],
+        plans: list[list[tuple[int, int, int]]] = ...,
+    ) -> None: ...
+    def sums(self, *plans: int) -> bytes:
+        """8 little-endian bytes per tensor (its sum, sign-extended), then each plan's bytes."""
+    def copy(self, plan: int) -> bytes:
+        """The bytes of one plan."""
+    def __len__(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+
+class Gather:
+    """Copies of fixed uint8 arrays, concatenated; None once a guard's `dict[key]` is another
+    object than the tensor it held."""
+
+    def __init__(self, arrays: list[object], guards: list[tuple[dict[str, object], str, object]] = ...) -> None: ...
+    def copy(self) -> bytes | None: ...
+    def __len__(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...

@@ -23,8 +23,8 @@ hooks (``register_step_pre_hook`` / ``register_step_post_hook``, torch >= 2.0):
   (SGD: −lr·(momentum buffer or grad + weight decay); Adam/AdamW: −lr·m̂/(√v̂+ε) with bias
   correction and decoupled decay), on a fixed random window of each parameter (at most
   ``sample`` elements in all): their dot product, cosine and norms. A healthy step gives
-  cosine ≈ +1, a flipped one ≈ −1. The windows are contiguous so that reading them is a view
-  and one ``torch.cat`` per quantity, not an index gather per tensor.
+  cosine ≈ +1, a flipped one ≈ −1. The windows are contiguous, so that reading them is a copy
+  of a few byte ranges, not an index gather per tensor.
 - fingerprints that data-parallel replicas must share bit for bit. The parameter fingerprint
   covers *every* element of every parameter and buffer at *every* measured step: each tensor's
   bytes are read as the widest integer words that tile them and summed with wrap-around (exact
@@ -53,8 +53,13 @@ them: each rank's forward pass updates them (batch-norm statistics) from its own
 replicas legitimately differ at the optimizer step until the next forward re-broadcasts rank 0's.
 
 The training thread only takes what must be read at the step (the windows, the word sums, raw
-generator states, a copy of the hashed slice); hashing, building the event and JSON happen on
-the sender thread. A step's record is queued at the next step (or `close()`), so
+generator states, a copy of the hashed slice); hashing, the update check's arithmetic, building
+the event and JSON happen on the sender thread. On the CPU the reads are native
+(``trainguard._native``: ``WordSums``, ``Gather``): at each step one call sums every tensor's
+words and copies the slice and the windows in the same pass over the weights, one more copies
+the optimizer state the check needs, and one the windows before the step; the NumPy views they
+read are re-derived only when a tensor moves. A step's record is queued at the next step (or
+`close()`), so
 `log(loss=...)` after `optimizer.step()` attaches to it; on CUDA it waits, without a host sync,
 until its events and copies completed.
 `close()` (or leaving the `with` block without an exception) sends a `process_exit` with status 0,
@@ -79,9 +84,11 @@ import ctypes
 import getpass
 import hashlib
 import importlib.abc
+import itertools
 import json
 import logging
 import math
+import operator
 import os
 import random as _random
 import re
@@ -108,8 +115,11 @@ _LANES = (
     (1_103_515_245 % _P, 12_345),
     (1_664_525, 1_013_904_223 % _P),
 )
-#: Per-tensor word sums are hashed as their low 64 bits.
-_M64 = (1 << 64) - 1
+_perf_counter = time.perf_counter
+_is = operator.is_
+_grad = operator.attrgetter("grad")
+_NONES = itertools.repeat(None)
+
 #: Events in one POST.
 _MAX_BATCH = 500
 #: Limits from the wire format (crates/tg-watch/src/event.rs).
@@ -123,6 +133,32 @@ try:  # one exception family for the whole package
     from ._native import TrainguardError as _ErrorBase
 except ImportError:  # pragma: no cover - the native module is always built with the package
     _ErrorBase = RuntimeError
+
+
+#: The per-step reads of the host code path, one call each (`trainguard._native`, bound by
+#: `_load_native`).
+_Gather: Any = None
+_WordSums: Any = None
+_native_tried = False
+
+
+def _load_native() -> bool:
+    """Bind `_Gather` and `_WordSums`; False when the native module cannot be imported (then CPU
+    tensors take the device code path). Imported when a watch starts, not with this module: this
+    file loaded on its own (bench/watch_overhead.py, a test) imports the installed package for
+    them, whose own copy of this module must not install the seed hooks before this one."""
+    global _Gather, _WordSums, _native_tried
+    if not _native_tried:
+        _native_tried = True
+        try:
+            from ._native import Gather, WordSums
+        except ImportError:
+            try:
+                from trainguard._native import Gather, WordSums
+            except ImportError:  # pragma: no cover - the package is always built with it
+                return False
+        _Gather, _WordSums = Gather, WordSums
+    return _WordSums is not None
 
 
 class WatchError(_ErrorBase):
@@ -308,29 +344,52 @@ def _numpy_state(np: Any) -> Any:
     return ctypes.string_at(cached[1], _MT_STATE_BYTES)
 
 
+def _numpy_capture() -> Any:
+    np = sys.modules.get("numpy")
+    if np is None:
+        try:
+            import numpy as np
+        except ImportError:
+            return None
+    return _numpy_state(np)
+
+
+def _cuda_capture() -> Any:
+    torch = sys.modules.get("torch")
+    # is_initialized() first: is_available() asks NVML or the driver (tens of µs).
+    if torch is not None and torch.cuda.is_initialized() and torch.cuda.is_available():
+        return torch.cuda.get_rng_state_all()
+    return None
+
+
+def _rng_capturers(names: Iterable[str]) -> list[tuple[str, Callable[[], Any]]]:
+    """(name, function): the function returns a copy of that generator's raw state, taken when
+    it is called (hashed by `_rng_digest`), or None when the generator is not there."""
+    out: list[tuple[str, Callable[[], Any]]] = []
+    for name in names:
+        if name == "python":
+            out.append((name, _random.getstate))  # an immutable tuple
+        elif name == "numpy":
+            out.append((name, _numpy_capture))
+        elif name == "torch_cpu":
+            torch = sys.modules.get("torch")
+            if torch is not None:  # a new tensor: later draws do not change it
+                out.append((name, torch.default_generator.get_state))
+        elif name == "torch_cuda":
+            torch = sys.modules.get("torch")
+            # Where CUDA cannot be used its generators never exist: no call per step for them.
+            if torch is not None and torch.cuda.is_available():
+                out.append((name, _cuda_capture))
+    return out
+
+
 def _rng_capture(names: Iterable[str]) -> dict[str, Any]:
     """The raw states of the generators named (copies, taken now; hashed by `_rng_digest`)."""
     out: dict[str, Any] = {}
-    for name in names:
-        if name == "python":
-            out[name] = _random.getstate()  # an immutable tuple
-        elif name == "numpy":
-            np = sys.modules.get("numpy")
-            if np is None:
-                try:
-                    import numpy as np
-                except ImportError:
-                    continue
-            out[name] = _numpy_state(np)
-        elif name == "torch_cpu":
-            torch = sys.modules.get("torch")
-            if torch is not None:
-                out[name] = torch.get_rng_state()  # a new tensor: later draws do not change it
-        elif name == "torch_cuda":
-            torch = sys.modules.get("torch")
-            # is_initialized() first: is_available() asks NVML or the driver (tens of µs).
-            if torch is not None and torch.cuda.is_initialized() and torch.cuda.is_available():
-                out[name] = torch.cuda.get_rng_state_all()
+    for name, capture in _rng_capturers(names):
+        raw = capture()
+        if raw is not None:
+            out[name] = raw
     return out
 
 
@@ -495,24 +554,22 @@ def _optimizer_kind(optimizer: Any) -> Optional[str]:
 
 class _Views:
     """Windows [lo, hi) of a list of tensors that live across steps (the parameters, one kind of
-    optimizer state), kept as views and concatenated into a new flat array in one call.
-
-    On the host the views are NumPy arrays: a NumPy call costs the training thread a fraction of a
-    torch operator's dispatch, and the update check is a dozen of them. Slicing costs a few µs per
-    tensor; checking that no tensor moved (``p.data = ...``, ``load_state_dict``) is one list of
-    data pointers, a tenth of that. The cached views keep the old storages alive, so a new tensor
+    optimizer state), kept as views and concatenated into a new flat tensor in one call (the
+    device code path). Checking that no tensor moved (``p.data = ...``, ``load_state_dict``) is
+    one list of data pointers; the cached views keep the old storages alive, so a new tensor
     cannot reuse a cached address unnoticed."""
 
-    __slots__ = ("spans", "np", "ptrs", "views")
+    __slots__ = ("spans", "ptrs", "views")
 
-    def __init__(self, spans: list[tuple[int, int]], np: Any) -> None:
+    def __init__(self, spans: list[tuple[int, int]]) -> None:
         self.spans = spans
-        self.np = np  # NumPy on the host path, else None (torch)
         self.ptrs: Optional[list[int]] = None
         self.views: list[Any] = []
 
     def cat(self, tensors: list[Any]) -> Any:
         """A copy of `tensors[i]` at span i, flat; None when a tensor is too small for its span."""
+        import torch
+
         ptrs = [t.data_ptr() for t in tensors]
         if ptrs != self.ptrs:
             views = []
@@ -520,35 +577,34 @@ class _Views:
                 flat = t.detach().reshape(-1)
                 if flat.numel() < hi:
                     return None
-                views.append(flat.numpy()[lo:hi] if self.np is not None else flat[lo:hi])
+                views.append(flat[lo:hi])
             # A non-contiguous tensor's reshape is a copy: such lists are re-read every time.
             contiguous = all(t.is_contiguous() for t in tensors)
             self.ptrs, self.views = (ptrs, views) if contiguous else (None, [])
         else:
             views = self.views
-        if self.np is not None:
-            return self.np.concatenate(views)
-        import torch
-
         return torch.cat(views) if len(views) > 1 else views[0].clone()
 
 
 class _Bucket:
-    """The windows of a chunk of parameters of one (device, dtype, param group): the update check
-    and the update fingerprint are one concatenation per quantity and a few vector operations."""
+    """The windows of a chunk of parameters of one (device, dtype, param group) on the device
+    code path: the update check and the update fingerprint are one concatenation per quantity and
+    a few vector operations, all on the device."""
 
-    def __init__(self, params: list[Any], group: dict, spans: list[tuple[int, int]], np: Any) -> None:
+    np = None  # the device path's arithmetic is torch's
+    host = False
+
+    def __init__(self, params: list[Any], group: dict, spans: list[tuple[int, int]]) -> None:
         import torch
 
         self.params = params
         self.group = group
         self.spans = spans
-        self.np = np
-        self.param_views = _Views(spans, np)
+        self.param_views = _Views(spans)
         self.state_views: dict[str, _Views] = {}
-        self.step_views = _Views([(0, 1)] * len(params), np)
+        self.step_views = _Views([(0, 1)] * len(params))
         counts = [hi - lo for lo, hi in spans]
-        self.counts = np.array(counts) if np is not None else torch.tensor(counts, device=params[0].device)
+        self.counts = torch.tensor(counts, device=params[0].device)
         self.before: Any = None
         # The per-parameter optimizer state dicts, re-read when the optimizer's state table is
         # replaced or grows (`load_state_dict`, the first step); each dict is updated in place.
@@ -572,24 +628,125 @@ class _Bucket:
             return None
         views = self.state_views.get(key)
         if views is None:
-            views = self.state_views[key] = _Views(self.spans, self.np)
+            views = self.state_views[key] = _Views(self.spans)
         return views.cat(tensors)
 
     def gather_fresh(self, tensors: list[Any]) -> Any:
         """The windows of tensors that are new every step (gradients): nothing is cached."""
         import torch
 
-        flats = [t.detach().reshape(-1) for t in tensors]
-        if self.np is not None:
-            return self.np.concatenate([f.numpy()[lo:hi] for f, (lo, hi) in zip(flats, self.spans)])
-        views = [f[lo:hi] for f, (lo, hi) in zip(flats, self.spans)]
+        views = [t.detach().reshape(-1)[lo:hi] for t, (lo, hi) in zip(tensors, self.spans)]
         return torch.cat(views) if len(views) > 1 else views[0].clone()
 
     def f32(self, x: Any) -> Any:
-        if self.np is not None:
-            return x.astype(self.np.float32, copy=False)
         return x.float()  # no copy when it already is
 
+
+class _HostBucket:
+    """The windows of a chunk of CPU parameters (float16/32/64) on the host code path: the
+    parameters' windows are copied by the tracked tensors' `WordSums` (plan `plan`), before the
+    step and, with the sums, after it; the optimizer state the reference needs by one native
+    `Gather.copy()`. The arithmetic runs on the sender thread, on those copies, with NumPy.
+
+    The state windows carry guards, checked in the same native call: every state tensor still the
+    one in its dict (the dicts are re-read when the optimizer's state table is replaced or grows:
+    `load_state_dict`, the first step)."""
+
+    host = True
+
+    def __init__(self, params: list[Any], group: dict, spans: list[tuple[int, int]], np: Any, number: int,
+                 plan: int) -> None:
+        self.params = params
+        self.group = group
+        self.spans = spans
+        self.np = np
+        self.number = number  # the chunk's index in `_Tracked.windows`
+        self.plan = plan  # its plan in `_Tracked.summer`
+        self.dtype = np.dtype(str(params[0].dtype).replace("torch.", ""))
+        self.counts = np.array([hi - lo for lo, hi in spans])
+        self.window = int(self.counts.sum())
+        self._state: Any = None  # (table, len(table), keys, Gather, layout)
+
+    def state_copy(self, optimizer: Any, keys: tuple[str, ...]) -> Optional[tuple[bytes, list]]:
+        """The optimizer state `keys` of every parameter, at the windows (the per-parameter
+        scalar ``step`` whole), concatenated, and its layout [(key, dtype, scalar)]; None when a
+        parameter lacks one."""
+        table = optimizer.state
+        cached = self._state
+        if cached is not None and cached[0] is table and cached[1] == len(table) and cached[2] == keys:
+            if cached[3] is None:  # the same table could not be read last time either
+                return None
+            out = cached[3].copy()  # None when a state tensor was replaced
+            if out is not None:
+                return out, cached[4]
+        built = self._build_state(table, keys)
+        gather, layout, cached_ok = built if built is not None else (None, None, True)
+        # Holding the table keeps its id from being reused by a replacement. A gather over
+        # copies (non-contiguous state) is read once.
+        self._state = (table, len(table), keys, gather, layout) if cached_ok else None
+        if gather is None:
+            return None
+        out = gather.copy()
+        return None if out is None else (out, layout)
+
+    def _build_state(self, table: Any, keys: tuple[str, ...]) -> Optional[tuple[Any, list, bool]]:
+        """(Gather, layout, whether it can be reused), or None when a parameter lacks the state."""
+        import torch
+
+        states = [table.get(p) for p in self.params]
+        if not all(type(st) is dict for st in states):
+            return None
+        arrays: list[Any] = []
+        guards: list[tuple[dict, str, Any]] = []
+        layout = []
+        reusable = True
+        for key in keys:
+            tensors = [st.get(key) for st in states]
+            if not all(isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in tensors):
+                return None
+            # A non-contiguous tensor's reshape is a copy, taken now (the state of a
+            # non-contiguous parameter is laid out like it).
+            reusable = reusable and all(t.is_contiguous() for t in tensors)
+            scalar = key == "step"
+            dtypes = {t.dtype for t in tensors}
+            if len(dtypes) != 1:
+                return None
+            dtype = None
+            try:
+                for st, t, (lo, hi) in zip(states, tensors, self.spans):
+                    flat = t.detach().reshape(-1).numpy()
+                    dtype = flat.dtype
+                    if scalar:
+                        if flat.size != 1:
+                            return None
+                        arrays.append(flat.view(self.np.uint8))
+                    else:
+                        if flat.size < hi:
+                            return None
+                        arrays.append(flat[lo:hi].view(self.np.uint8))
+                    guards.append((st, key, t))
+            except TypeError:  # a dtype NumPy cannot view
+                return None
+            layout.append((key, dtype, scalar))
+        return _Gather(arrays, guards), layout, reusable
+
+    def unpack(self, data: bytes, layout: list) -> dict[str, Any]:
+        """The arrays of a `state_copy`, by key."""
+        np = self.np
+        out = {}
+        offset = 0
+        for key, dtype, scalar in layout:
+            count = len(self.params) if scalar else self.window
+            out[key] = np.frombuffer(data, dtype, count, offset)
+            offset += count * dtype.itemsize
+        return out
+
+    def f32(self, x: Any) -> Any:
+        return x.astype(self.np.float32, copy=False)
+
+
+#: The optimizer state the Adam reference reads, without and with amsgrad.
+_ADAM_STATE = {False: ("exp_avg", "exp_avg_sq", "step"), True: ("exp_avg", "max_exp_avg_sq", "step")}
 
 #: Parameters whose update is checked at one step. Every tensor costs the training thread a few
 #: µs per step here (pointer checks, state look-ups), so larger models rotate through chunks of
@@ -597,14 +754,15 @@ class _Bucket:
 #: one rotation.
 _CHECK_TENSORS = 16
 
-#: Read host tensors through NumPy (tests switch it off to run the device code path on the CPU).
+#: Read CPU tensors natively, with NumPy arithmetic on the sender thread (tests switch it off to
+#: run the device code path on the CPU).
 _USE_NUMPY = True
 
 #: Parameter dtypes NumPy can view: a model with others (bfloat16) takes the torch path.
 _HOST_DTYPES = ("torch.float16", "torch.float32", "torch.float64")
 
 
-def _plan_windows(optimizer: Any, budget: int, seed: int, np: Any) -> list[_Bucket]:
+def _plan_windows(optimizer: Any, budget: int, seed: int) -> list[tuple[list[Any], dict, list[tuple[int, int]]]]:
     """Chunks of at most `_CHECK_TENSORS` parameters of one (device, dtype, param group), with a
     random window per parameter sized in proportion to it within its chunk (at least one
     element, about `budget` per chunk); the same on every rank for the same `seed`."""
@@ -633,7 +791,7 @@ def _plan_windows(optimizer: Any, budget: int, seed: int, np: Any) -> list[_Buck
                 share = max(1, min(n, (budget * n) // max(1, total)))
                 lo = int(torch.randint(0, n - share + 1, (1,), generator=gen))
                 spans.append((lo, lo + share))
-            chunks.append(_Bucket([p for p, _ in chunk], chunk[0][1], spans, np))
+            chunks.append(([p for p, _ in chunk], chunk[0][1], spans))
     return chunks
 
 
@@ -656,7 +814,13 @@ def _sum_words(t: Any) -> Any:
 class _Tracked:
     """The tensors the parameter fingerprint covers: the optimizer's parameters, then the model's
     buffers (read from their modules every step, since a buffer is replaced by assignment), with
-    their word views cached while no data pointer changes (see `_Views`)."""
+    their word views cached while every tensor is at the same data pointer (and every buffer the
+    same object). The cached views keep the old storages alive, so a new tensor cannot reuse a
+    cached address unnoticed; `gen` counts the generations of the parameters' addresses.
+
+    On the host path the views are NumPy arrays in one native `WordSums`, with its plans: the
+    byte ranges of each slice of the positional hash (plan `part`, for `parts` slices) and of each
+    update-check chunk's windows (plan `parts + chunk`), copied in the same call as the sums."""
 
     def __init__(self, optimizer: Any, model: Any, host: bool) -> None:
         import torch
@@ -668,44 +832,90 @@ class _Tracked:
                 if id(p) not in seen:
                     seen.add(id(p))
                     self.params.append(p)
-        self.buffers: list[tuple[Any, str]] = []
+        # (the module's buffer table, name): a buffer replaced by assignment lands in that table.
+        self.buffers: list[tuple[dict, str]] = []
         if not _buffers_differ_by_design(model):
             modules = getattr(model, "modules", None)
             for module in modules() if callable(modules) else ():
-                for name, buf in getattr(module, "_buffers", {}).items():
+                table = getattr(module, "_buffers", None)
+                for name, buf in (table or {}).items():
                     if buf is not None:
-                        self.buffers.append((module, name))
-        self.host = host  # NumPy views (CPU) or torch views (any device)
+                        self.buffers.append((table, name))
+        self.host = host  # native reads and NumPy views (CPU) or torch views (any device)
+        self.parts = 0
+        self.windows: list[list[tuple[int, int, int]]] = []
         self.empty = torch.empty(0)
-        self.ptrs: Optional[list[int]] = None
-        self.words: list[Any] = []  # per tensor: its words (NumPy on the host path)
-        self.raw: list[Any] = []  # per tensor: its bytes as uint8 (host path only)
+        self._data_ptr = torch.Tensor.data_ptr
+        self.ptrs: Optional[list[int]] = None  # while the cached views are valid
+        self.last: Optional[list[int]] = None  # the parameters' addresses in generation `gen`
+        self.gen = 0
+        self.words: list[Any] = []  # per tensor: its words (torch views; the device path)
         self.sizes: list[int] = []  # elements per tensor
-        self.esizes: list[int] = []  # bytes per element
+        self.summer: Any = None  # host path: the `WordSums`
+        self.segments: list[list[tuple[int, int, int, int]]] = []  # per part: see `refresh`
+        self.roll_bytes: list[int] = []  # per part: the bytes of its copy
+        self.window_ok: list[bool] = []  # per chunk: every window inside its tensor
+        self.objs: list[Any] = []  # the buffers the views were derived from
+
+    def plan(self, parts: int, windows: Iterable[list[tuple[Any, int, int]]]) -> None:
+        """The host path's plans: `parts` slices, and the chunks' windows [(parameter, first
+        element, end element)]; the views are derived here, before the first step."""
+        index = {id(p): i for i, p in enumerate(self.params)}
+        self.parts = parts
+        self.windows = [[(index[id(p)], lo, hi) for p, lo, hi in chunk] for chunk in windows]
+        self.ptrs = None
+        self.refresh(self.tensors())
 
     def tensors(self) -> list[Any]:
         if not self.buffers:
             return self.params
         out = list(self.params)
-        for module, name in self.buffers:
-            b = getattr(module, name, None)
-            out.append(b if b is not None else self.empty)
+        empty = self.empty
+        for table, name in self.buffers:
+            b = table.get(name)
+            out.append(b if b is not None else empty)
         return out
 
-    def refresh(self, tensors: list[Any]) -> None:
+    def refresh(self, tensors: list[Any], ptrs: Optional[list[int]] = None) -> None:
         """Re-derive the word views when a tensor moved (or every time for non-contiguous ones)."""
         import torch
 
-        ptrs = [t.data_ptr() for t in tensors]
-        if ptrs == self.ptrs:
-            return
+        if ptrs is None:
+            ptrs = list(map(self._data_ptr, tensors))
+            if ptrs == self.ptrs:
+                return
+        if ptrs[:len(self.params)] != self.last:  # the update check's windows are in parameters
+            self.gen += 1
+            self.last = ptrs[:len(self.params)]
         words = [_sum_words(t) for t in tensors]
+        self.sizes = sizes = [t.numel() for t in tensors]
         if self.host:
-            self.raw = [w.view(torch.uint8).numpy() for w in words]
-            words = [w.numpy() for w in words]
-        self.words = words
-        self.sizes = [t.numel() for t in tensors]
-        self.esizes = [t.element_size() for t in tensors]
+            esizes = [t.element_size() for t in tensors]
+            plans = []
+            # Slice `part` of the positional hash: (tensor, first element, offset, bytes) per
+            # segment, for the hash, and the byte ranges to copy.
+            self.segments, self.roll_bytes = [], []
+            for part in range(self.parts):
+                segments, spans, offset = [], [], 0
+                for i, lo, hi in _slice_ranges(sizes, part, self.parts):
+                    n = (hi - lo) * esizes[i]
+                    segments.append((i, lo, offset, n))
+                    spans.append((i, lo * esizes[i], lo * esizes[i] + n))
+                    offset += n
+                self.segments.append(segments)
+                self.roll_bytes.append(offset)
+                plans.append(spans)
+            self.window_ok = []
+            for chunk in self.windows:
+                ok = all(hi <= sizes[i] for i, _, hi in chunk)
+                self.window_ok.append(ok)
+                plans.append([(i, lo * esizes[i], hi * esizes[i]) for i, lo, hi in chunk] if ok else [])
+            raw = [w.view(torch.uint8).numpy() for w in words]
+            self.summer = _WordSums([w.numpy() for w in words], raw, plans)
+        else:
+            self.words = words
+        self.objs = tensors[len(self.params):]
+        # A non-contiguous tensor's words are a copy, taken now: re-derived at every read.
         self.ptrs = ptrs if all(t.is_contiguous() for t in tensors) else None
 
 
@@ -820,9 +1030,10 @@ class _Sender:
 
     # -- called from the training thread --------------------------------------------------
     def put(self, event: dict) -> None:
-        with self.cond:
-            self.queue.append(event)
-            if len(self.queue) >= _MAX_BATCH:
+        queue = self.queue
+        queue.append(event)  # a deque: thread-safe without the lock, which only wakes the thread
+        if len(queue) >= _MAX_BATCH:
+            with self.cond:
                 self.cond.notify()
 
     def flush(self, timeout: float) -> bool:
@@ -1093,25 +1304,36 @@ class Watch:
         self.rng_names = tuple(rng)
         self.heartbeat_s = heartbeat_s
         self._kind = _optimizer_kind(optimizer)
-        # Everything on the CPU is read through NumPy views (a NumPy call costs the training
-        # thread a fraction of a torch operator's dispatch); anything else stays on its device,
-        # from where only the sums and the windows' few scalars are copied back.
+        # Everything on the CPU is read by the native module (one call per quantity and hook,
+        # where torch or NumPy would take one call per tensor) and the arithmetic runs with NumPy
+        # on the sender thread; anything else stays on its device, from where only the sums and
+        # the windows' few scalars are copied back.
         params = [p for g in optimizer.param_groups for p in g["params"]]
         self._cuda = torch.cuda.is_available() and any(t.is_cuda for t in params)
         self._np: Any = None
-        if _USE_NUMPY and all(t.device.type == "cpu" for t in params):
+        if _USE_NUMPY and all(t.device.type == "cpu" for t in params) and _load_native():
             try:
                 import numpy
 
                 self._np = numpy
             except ImportError:
                 pass
-        self._tracked = _Tracked(optimizer, model, host=self._np is not None)
-        if self._np is not None and any(t.device.type != "cpu" for t in self._tracked.tensors()):
+        self._tracked = tr = _Tracked(optimizer, model, host=self._np is not None)
+        if self._np is not None and any(t.device.type != "cpu" for t in tr.tensors()):
             self._np = None
-            self._tracked.host = False
-        host_math = self._np is not None and all(str(t.dtype) in _HOST_DTYPES for t in params)
-        self._buckets = _plan_windows(optimizer, sample, sample_seed, self._np if host_math else None)
+            tr.host = False
+        self._host = self._np is not None
+        # bfloat16 and other dtypes NumPy cannot hold: the update check takes the torch path.
+        host_math = self._host and all(str(t.dtype) in _HOST_DTYPES for t in params)
+        plan = _plan_windows(optimizer, sample, sample_seed)
+        parts = full_every if full_every > 0 else 0
+        self._buckets: list[Any] = [
+            _HostBucket(ps, group, spans, self._np, i, parts + i) if host_math else _Bucket(ps, group, spans)
+            for i, (ps, group, spans) in enumerate(plan)
+        ]
+        if self._host:
+            windows = [[(p, lo, hi) for p, (lo, hi) in zip(ps, spans)] for ps, _, spans in plan]
+            tr.plan(parts, windows if host_math else [])  # the first views, before the first step
         self._base = {
             "run": run,
             "rank": rank,
@@ -1124,8 +1346,9 @@ class Watch:
             self._base["user"] = user
         self._step = 0
         self._measuring = False
-        self._chunk: Optional[_Bucket] = None  # the chunk whose update this step checks
-        self._roll_pool: list[Any] = []  # copy buffers of the positional hash, back from _finish
+        self._chunk: Any = None  # the chunk whose update this step checks
+        self._before: Optional[bytes] = None  # host path: its windows at the pre-hook
+        self._before_gen = 0  # host path: the tracked generation they were read at
         self._t_pre = 0.0
         self._t_last_post: Optional[float] = None
         self._ev_start: Any = None
@@ -1135,6 +1358,8 @@ class Watch:
         self._device_wait: list[tuple[dict, Any, Any, Any]] = []
         self._loss_next: Any = None
         self._seed_index = 0
+        self._rng_seeded = -1  # len(_seeded) when `_rng_capturers` was chosen
+        self._rng_capturers: list[tuple[str, Callable[[], Any]]] = []
         self._closed = False
         self._lock = threading.Lock()
         self._sender = _Sender(collector, run, token, spool, flush_s, prepare=self._finish)
@@ -1241,7 +1466,15 @@ class Watch:
         """Attach the loss to the step that just completed (call after `optimizer.step()`)."""
         if loss is None or self._closed:
             return
-        value = loss.detach() if hasattr(loss, "detach") else loss
+        # Never a reference to the loss itself: it would keep the step's autograd graph alive
+        # until the sender thread drops it. On the CPU, the value (cheaper than `detach()`); on
+        # a device, a detached tensor (reading its value would wait for the device).
+        try:
+            value = loss.item() if loss.is_cpu else loss.detach()
+        except AttributeError:  # a number
+            value = loss
+        except (RuntimeError, ValueError):  # not one element: reported as nan
+            value = loss.detach()
         with self._lock:
             rec = self._pending
             if rec is not None and "_loss" not in rec:
@@ -1267,48 +1500,58 @@ class Watch:
     # context manager alone is a measurable part of their cost).
     def _pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         n = self._step + 1
-        self._measuring = n % self.every == 0
-        if self._measuring:
-            if self._buckets:
-                chunk = self._buckets[(n // self.every) % len(self._buckets)]
-                chunk.before = chunk.param_views.cat(chunk.params)
-                self._chunk = chunk
+        measuring = self._measuring = n % self.every == 0
+        if measuring:
+            buckets = self._buckets
+            if buckets:
+                chunk = self._chunk = buckets[(n // self.every) % len(buckets)]
+                if chunk.host:
+                    tr = self._tracked
+                    if tr.ptrs is None:  # non-contiguous tensors: their copies are taken per read
+                        tr.refresh(tr.tensors())
+                    self._before_gen = tr.gen
+                    self._before = tr.summer.copy(chunk.plan) if tr.window_ok[chunk.number] else None
+                else:
+                    chunk.before = chunk.param_views.cat(chunk.params)
             if self._cuda:
                 import torch
 
                 self._ev_start = torch.cuda.Event(enable_timing=True)
                 self._ev_start.record()
-        self._t_pre = time.perf_counter()
+        self._t_pre = _perf_counter()
 
     def _post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        t_post = time.perf_counter()
-        import torch
-
-        self._step += 1
-        n = self._step
-        interval = None if self._t_last_post is None else t_post - self._t_last_post
-        self._t_last_post = t_post
+        t_post = _perf_counter()
+        n = self._step = self._step + 1
+        last, self._t_last_post = self._t_last_post, t_post
         if not self._measuring:
             return
         end = None
         if self._cuda and self._ev_start is not None:
+            import torch
+
             end = torch.cuda.Event(enable_timing=True)
             end.record()
-        wall = t_post - self._t_pre if self.section == "optimizer" else (interval or t_post - self._t_pre)
-        dev = self._measure(optimizer, n)
+        wall = t_post - (self._t_pre if self.section == "optimizer" or last is None else last)
         rec: dict[str, Any] = {
             "type": "step", "time_unix_s": time.time(), "step": n, "wall_s": max(0.0, wall), "device_s": None,
         }
         if self.replica_group is not None:
             rec["replica_group"] = self.replica_group
-        names = [g for g in self.rng_names if g in _seeded]
-        if names:
-            rec["_rng"] = _rng_capture(names)  # raw states; hashed on the sender thread
+        if len(_seeded) != self._rng_seeded:  # `_seeded` only grows
+            self._rng_seeded = len(_seeded)
+            self._rng_capturers = _rng_capturers(g for g in self.rng_names if g in _seeded)
+        if self._rng_capturers:
+            raw = rec["_rng"] = []  # raw states, hashed on the sender thread
+            for name, capture in self._rng_capturers:
+                raw.append((name, capture()))
         if _seed_total != self._seed_index:  # an int read under the GIL: no lock on the usual path
             calls, self._seed_index = _seed_calls_since(self._seed_index)
             if calls:
                 rec["seed_calls"] = calls[-_MAX_SEED_CALLS:]
-        rec["_dev"] = dev
+        # Last: on the host path it ends with the pass over the weights, after which everything
+        # else would be read from main memory again.
+        rec["_dev"] = self._measure_host(optimizer, n) if self._host else self._measure(optimizer, n)
         with self._lock:
             previous = self._pending
             self._pending = rec
@@ -1316,41 +1559,63 @@ class Watch:
                 rec["_loss"] = self._loss_next
                 self._loss_next = None
         if end is not None:
+            import torch
+
             done = torch.cuda.Event()
             done.record()
             self._device_wait.append((rec, self._ev_start, end, done))
             self._ev_start = None
-        if previous is not None:
-            self._queue_when_ready(previous)
         if self._device_wait:
+            if previous is not None:
+                self._queue_when_ready(previous)
             self._finalise(sync=False)
+        elif previous is not None:
+            self._sender.put(previous)
+
+    def _measure_host(self, optimizer: Any, n: int) -> dict[str, Any]:
+        """The host path's `_measure`: a copy of the optimizer state the update check needs (one
+        native call, made first: the optimizer has just used those objects, which the pass over
+        the weights would push out of the caches), then one native call for the word sums, this
+        step's slice for the positional hash and the chunk's windows after the step, all in one
+        `bytes`. Arithmetic and hashing wait for `_finish`."""
+        tr = self._tracked
+        tensors = tr.tensors() if tr.buffers else tr.params
+        ptrs = list(map(tr._data_ptr, tensors))
+        if ptrs != tr.ptrs or (tr.buffers and not all(map(_is, tr.objs, tensors[len(tr.params):]))):
+            tr.refresh(tensors, ptrs)
+        out: dict[str, Any] = {"n8": 8 * len(tensors)}
+        chunk, self._chunk = self._chunk, None
+        plan = None
+        if chunk is not None:
+            if chunk.host:
+                before, self._before = self._before, None
+                if before is not None and self._before_gen == tr.gen and tr.window_ok[chunk.number]:
+                    out["check"] = (chunk, before, self._reference_host(optimizer, chunk))
+                    plan = chunk.plan
+            else:  # a dtype NumPy cannot hold: the torch arithmetic, on the CPU
+                self._check_device(optimizer, chunk, out)
+        summer = tr.summer
+        if self.full_every > 0:
+            part = out["part"] = (n // self.every) % self.full_every
+            out["segments"] = tr.segments[part]
+            out["after_at"] = out["n8"] + tr.roll_bytes[part]
+            out["data"] = summer.sums(part) if plan is None else summer.sums(part, plan)
+        else:
+            out["after_at"] = out["n8"]
+            out["data"] = summer.sums() if plan is None else summer.sums(plan)
+        return out
 
     def _measure(self, optimizer: Any, n: int) -> dict[str, Any]:
-        """What must be read at this step, as host values or device tensors (no host sync): the
-        parameter word sums (and this step's slice for the positional hash), Δθ on the windows and
-        the Gram matrix of (Δθ, predicted update) there. Hashing waits for `_finish`."""
+        """What must be read at this step, as device tensors (no host sync): the parameter word
+        sums (and this step's slice for the positional hash), Δθ on the windows and the Gram
+        matrix of (Δθ, predicted update) there. Hashing waits for `_finish`."""
         import torch
 
         part = (n // self.every) % self.full_every if self.full_every > 0 else None
-        out: dict[str, Any] = {"part": part}
-        if self._np is not None:
-            out["sums"], out["roll"] = self._param_sums_host(part)
-        else:
-            out["sums"] = self._param_sums_device(part)
+        out: dict[str, Any] = {"part": part, "sums": self._param_sums_device(part)}
         chunk, self._chunk = self._chunk, None
-        before = chunk.before if chunk is not None else None
-        after = chunk.param_views.cat(chunk.params) if before is not None else None
-        if after is not None and after.shape == before.shape:
-            chunk.before = None
-            reference = self._reference(optimizer, chunk, before)
-            if chunk.np is not None:
-                out["check"] = (chunk, before, after, reference)  # copies: finished on the sender thread
-            else:
-                delta = after - before  # in the parameters' dtype: the update fingerprint's bytes
-                out["upd"] = delta
-                if reference is not None:
-                    rows = torch.stack([chunk.f32(delta), reference()])
-                    out["gram"] = rows @ rows.T  # [[Δθ·Δθ, Δθ·u], [u·Δθ, u·u]]
+        if chunk is not None:
+            self._check_device(optimizer, chunk, out)
         if self._cuda:
             for k in ("sums", "upd", "gram"):
                 x = out.get(k)
@@ -1360,34 +1625,20 @@ class Watch:
                     out[k] = host
         return out
 
-    def _param_sums_host(self, part: Optional[int]) -> tuple[list[Any], Optional[tuple[Any, list]]]:
-        """Word sums of every tracked tensor on the CPU, and a copy of the slice `part` to hash."""
-        tr = self._tracked
-        tr.refresh(tr.tensors())
-        reduce = self._np.add.reduce
-        # Last-updated tensors first: the optimizer has just written them, so they are the most
-        # likely to be in cache. The dtype keeps the wrap-around width.
-        sums = [reduce(w, 0, w.dtype) for w in reversed(tr.words)]
-        sums.reverse()
-        if part is None:
-            return sums, None
-        # A copy (the next step writes the parameters) into a reused buffer: a fresh allocation
-        # of this size costs more in page faults than the copy itself.
-        ranges = _slice_ranges(tr.sizes, part, self.full_every)
-        need = sum((hi - lo) * tr.esizes[i] for i, lo, hi in ranges)
-        pool = self._roll_pool
-        buf = pool.pop() if pool else None
-        if buf is None or buf.size < need:
-            buf = self._np.empty(need + need // 8 + 64, dtype=self._np.uint8)
-        segments = []
-        offset = 0
-        for i, lo, hi in ranges:
-            es = tr.esizes[i]
-            n = (hi - lo) * es
-            buf[offset:offset + n] = tr.raw[i][lo * es:hi * es]
-            segments.append((i, lo, offset, n))
-            offset += n
-        return sums, (buf, segments)
+    def _check_device(self, optimizer: Any, chunk: _Bucket, out: dict[str, Any]) -> None:
+        """Δθ on the chunk's windows and the Gram matrix of (Δθ, predicted update), with torch."""
+        import torch
+
+        before, chunk.before = chunk.before, None
+        after = chunk.param_views.cat(chunk.params) if before is not None else None
+        if after is None or after.shape != before.shape:
+            return
+        reference = self._reference(optimizer, chunk, before)
+        delta = after - before  # in the parameters' dtype: the update fingerprint's bytes
+        out["upd"] = delta
+        if reference is not None:
+            rows = torch.stack([chunk.f32(delta), reference()])
+            out["gram"] = rows @ rows.T  # [[Δθ·Δθ, Δθ·u], [u·Δθ, u·u]]
 
     def _param_sums_device(self, part: Optional[int]) -> Any:
         """The same sums as int64 tensors on the device (stacked), then this step's slice as the
@@ -1416,8 +1667,7 @@ class Watch:
 
     def _reference(self, optimizer: Any, b: _Bucket, before: Any) -> Optional[Callable[[], Any]]:
         """Read now what the optimizer's own state says the update at the chunk's windows is, and
-        return the arithmetic as a function (it only touches copies, so the host path runs it on
-        the sender thread); None when there is no exact reference this step."""
+        return the arithmetic as a function; None when there is no exact reference this step."""
         import torch
 
         if self._kind is None:
@@ -1444,11 +1694,10 @@ class Watch:
         steps = [st.get("step") for st in states]
         if m is None or v is None or any(x is None for x in steps):
             return None
-        np = b.np
         vals: Optional[list[float]] = None
         if all(isinstance(t, torch.Tensor) for t in steps):
             counts = b.step_views.cat(steps)  # one value per parameter, a copy
-            if np is not None or counts.device.type == "cpu":
+            if counts.device.type == "cpu":
                 vals = counts.tolist()
             else:  # capturable / fused: the counts live on the device; never sync on them
                 step: Any = counts.to(dtype=torch.float32).repeat_interleave(b.counts)
@@ -1457,13 +1706,70 @@ class Watch:
         if vals is not None:
             if min(vals) == max(vals):
                 step = float(vals[0])
-            elif np is not None:
-                step = np.repeat(np.array(vals, dtype=np.float32), b.counts)
             else:  # a parameter skipped earlier steps: per-element bias corrections
                 step = torch.tensor(vals, dtype=torch.float32, device=m.device).repeat_interleave(b.counts)
-        xp = np if np is not None else torch
         decoupled = self._kind == "adamw"
-        return lambda: _expected_adam(xp, group, f32(m), f32(v), step, f32(before), decoupled)
+        return lambda: _expected_adam(torch, group, f32(m), f32(v), step, f32(before), decoupled)
+
+    def _reference_host(self, optimizer: Any, b: _HostBucket) -> Optional[tuple]:
+        """`_reference` on the host path: copies, taken now, of what the reference needs (the
+        optimizer state by one native call, the settings of the parameter group, which a schedule
+        changes before `_finish` runs); `_expected_host` does the arithmetic on the sender thread."""
+        kind = self._kind
+        if kind is None or any(map(_is, map(_grad, b.params), _NONES)):
+            return None  # some parameters were skipped this step: no exact reference
+        live = b.group
+        if kind == "sgd":
+            group = dict(live)
+            buf = None
+            if group.get("momentum", 0.0):
+                got = b.state_copy(optimizer, ("momentum_buffer",))
+                if got is None:
+                    return None
+                buf = b.unpack(*got)["momentum_buffer"]
+                if not group.get("nesterov", False):  # the buffer is the direction
+                    return ("sgd", group, buf, None)
+            grad = b.np.concatenate([
+                p.grad.detach().reshape(-1).numpy()[lo:hi] for p, (lo, hi) in zip(b.params, b.spans)
+            ])
+            return ("sgd", group, buf, grad)
+        keys = _ADAM_STATE[live.get("amsgrad", False)]
+        cached = b._state  # `state_copy`'s usual case, inline
+        table = optimizer.state
+        got = None
+        if (cached is not None and cached[3] is not None and cached[0] is table and cached[1] == len(table)
+                and cached[2] is keys):
+            data = cached[3].copy()
+            if data is not None:
+                got = (data, cached[4])
+        if got is None:
+            got = b.state_copy(optimizer, keys)
+            if got is None:
+                return None
+        group = {"lr": live["lr"], "betas": live["betas"], "eps": live["eps"],
+                 "weight_decay": live.get("weight_decay")}
+        return (kind, group, got, keys[1])
+
+    @staticmethod
+    def _expected_host(b: _HostBucket, reference: tuple, before: Any) -> Any:
+        """The update the optimizer's state predicts at the chunk's windows, from the copies
+        `_reference_host` took; `before` is the parameters' windows as float32."""
+        kind, group = reference[0], reference[1]
+        f32 = b.f32
+        if kind == "sgd":
+            buf, grad = reference[2], reference[3]
+            if grad is None:  # momentum without nesterov: the buffer is the direction
+                return f32(buf) * -_scalar(group["lr"])
+            return _expected_sgd(group, None if buf is None else f32(buf), before, f32(grad))
+        np = b.np
+        got, vkey = reference[2], reference[3]
+        state = b.unpack(*got)
+        steps = state["step"]
+        if steps.min() == steps.max():
+            step: Any = float(steps[0])
+        else:  # a parameter skipped earlier steps: per-element bias corrections
+            step = np.repeat(steps.astype(np.float32), b.counts)
+        return _expected_adam(np, group, f32(state["exp_avg"]), f32(state[vkey]), step, before, kind == "adamw")
 
     # -- finalising records ----------------------------------------------------------------
     def _queue_when_ready(self, rec: dict) -> None:
@@ -1503,32 +1809,34 @@ class Watch:
         raw_rng = rec.pop("_rng", None)
         rec.pop("_ready", None)
         rec.pop("_timed", None)
-        sums = dev.get("sums")
-        if sums is not None:
-            h = hashlib.blake2b(digest_size=16)
-            if isinstance(sums, list):
-                h.update(b"".join((int(x) & _M64).to_bytes(8, "little") for x in sums))
-            else:
-                h.update(sums.numpy().tobytes())
-            roll = dev.get("roll")
-            if roll is not None:
-                buf, segments = roll
+        data = dev.get("data")
+        if data is not None:  # the host path: one `bytes` (see `_measure_host`)
+            view, n8 = memoryview(data), dev["n8"]
+            h = hashlib.blake2b(view[:n8], digest_size=16)  # the word sums, 8 bytes per tensor
+            if "part" in dev:
                 r = hashlib.sha256(int(dev["part"]).to_bytes(8, "little"))
-                for i, lo, offset, n in segments:
+                roll = view[n8:]
+                for i, lo, offset, size in dev["segments"]:
                     r.update(i.to_bytes(8, "little") + lo.to_bytes(8, "little"))
-                    r.update(memoryview(buf[offset:offset + n]))
+                    r.update(roll[offset:offset + size])
                 h.update(r.digest())
-                if len(self._roll_pool) < 8:
-                    self._roll_pool.append(buf)
             rec["param_fingerprint"] = h.hexdigest()
-        check = dev.get("check")
-        if check is not None:  # the host path's update check, from the copies taken at the step
-            chunk, before, after, reference = check
-            dev["upd"] = delta = after - before  # in the parameters' dtype
-            if reference is not None:
-                a, u = chunk.f32(delta), reference()
-                dot = chunk.np.dot
-                dev["gram"] = (dot(a, a), dot(a, u), dot(u, u))
+            check = dev.get("check")
+            if check is not None:  # the update check, from the copies taken at the step
+                chunk, before, reference = check
+                np = chunk.np
+                before = np.frombuffer(before, chunk.dtype)
+                after = np.frombuffer(data, chunk.dtype, chunk.window, dev["after_at"])
+                dev["upd"] = delta = after - before  # in the parameters' dtype
+                if reference is not None:
+                    a, u = chunk.f32(delta), self._expected_host(chunk, reference, chunk.f32(before))
+                    dev["gram"] = (np.dot(a, a), np.dot(a, u), np.dot(u, u))
+        sums = dev.get("sums")
+        if sums is not None:  # the device path: int64 sums (and the slice's lanes); [] if empty
+            h = hashlib.blake2b(digest_size=16)
+            if not isinstance(sums, list):
+                h.update(sums.numpy().tobytes())
+            rec["param_fingerprint"] = h.hexdigest()
         upd = dev.get("upd")
         if upd is not None:
             import torch
@@ -1551,8 +1859,9 @@ class Watch:
                     "update_norm": _finite_or_str(na),
                     "expected_norm": _finite_or_str(ne),
                 }
-        if raw_rng:
-            rec["rng"] = _rng_digests(raw_rng)
+        rng = {name: _rng_digest(name, raw) for name, raw in raw_rng or () if raw is not None}
+        if rng:
+            rec["rng"] = rng
         if loss is not None:
             rec["loss"] = _finite_or_str(_scalar(loss))
         return self._event(rec)

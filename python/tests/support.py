@@ -1,9 +1,11 @@
-"""Helpers shared by the tests: the tg-scan fixture corpus, live and clean checkpoints."""
+"""Helpers shared by the tests: the tg-scan fixture corpus, live and clean checkpoints, and the
+watch tests' small model, closed port and one-thread torch."""
 
 from __future__ import annotations
 
 import builtins
 import csv
+import socket
 import subprocess
 import sys
 import textwrap
@@ -73,3 +75,31 @@ def torch_load_restored():
     after = (torch.load, torch.serialization.load)
     torch.load, torch.serialization.load = before
     assert after == before, "the test left torch.load guarded"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests, restored after: the watch tests' models are tiny,
+    and on a shared 2-core runner torch's intra-op threads only add synchronisation
+    (milliseconds per operator under load). Use it as an autouse fixture of the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (a collector that is down)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def small_model(seed: int = 0):
+    """A 16 -> 32 -> 4 MLP with weights from `seed`."""
+    import torch
+
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,8 @@ import pytest
 torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")
 
+from support import closed_port, small_model  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 # scripts/test-python names the binary cargo built (it honours CARGO_TARGET_DIR).
 BINARY = Path(os.environ.get("TRAINGUARD_BIN", ROOT / "target" / "debug" / "trainguard"))
@@ -34,25 +35,7 @@ BINARY = Path(os.environ.get("TRAINGUARD_BIN", ROOT / "target" / "debug" / "trai
 tw = importlib.import_module("trainguard.watch")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # These models are tiny: on a shared 2-core runner, torch's intra-op threads only add
-    # synchronisation (milliseconds per operator under load). Restored for the other modules.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _model(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _spooled_steps(path: Path) -> list[dict]:
@@ -65,7 +48,7 @@ def _train(model, opt, steps, tmp_path, name, *, run=None, rank=0, world_size=1,
     """Train `steps` steps under a watch whose collector is down; return the spooled step events."""
     spool = tmp_path / f"{name}.jsonl"
     w = tw.watch(
-        model, opt, run=run or f"t-{name}", collector=f"http://127.0.0.1:{_closed_port()}", token="t",
+        model, opt, run=run or f"t-{name}", collector=f"http://127.0.0.1:{closed_port()}", token="t",
         rank=rank, world_size=world_size, spool=spool, flush_s=0.01, **kw,
     )
     gen = torch.Generator().manual_seed(data_seed)
@@ -94,7 +77,7 @@ OPTIMIZERS = {
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_update_cosine_is_plus_one_for_honest_steps(name, tmp_path):
-    model = _model()
+    model = small_model()
     steps = _train(model, OPTIMIZERS[name](model.parameters()), 6, tmp_path, name, sample=200)
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
     for s in steps:
@@ -109,7 +92,7 @@ def test_adam_reference_follows_a_parameter_that_skipped_a_step(host, tmp_path, 
     # A parameter without a gradient at step 1 is skipped by Adam, so from then on its step count
     # (and bias correction) lags the others': the reference must use each one's own count.
     monkeypatch.setattr(tw, "_USE_NUMPY", host)
-    model = _model()
+    model = small_model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     calls = {"n": 0}
 
@@ -130,7 +113,7 @@ def test_adam_reference_follows_a_parameter_that_skipped_a_step(host, tmp_path, 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_flipped_update_gives_cosine_minus_one(name, tmp_path):
-    model = _model()
+    model = small_model()
     opt = OPTIMIZERS[name](model.parameters())
     saved = {}
 
@@ -152,7 +135,7 @@ def test_flipped_update_gives_cosine_minus_one(name, tmp_path):
 
 @pytest.mark.parametrize("section", ["optimizer", "interval"])
 def test_a_sleep_raises_the_wall_time_of_its_section(section, tmp_path):
-    model = _model()
+    model = small_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     count = {"n": 0}
 
@@ -192,7 +175,7 @@ def test_fingerprint_is_bitwise():
 def _replicas(tmp_path, name, steps, tamper, *, make=None, lr=1e-2, **kw):
     """Two replicas of one run trained on the same data; `tamper(step, model)` runs on rank 1 after
     each of its steps. Returns both ranks' step events."""
-    make = make or (lambda: _model(seed=3))
+    make = make or (lambda: small_model(seed=3))
     events = []
     for rank in (0, 1):
         model = make()
@@ -265,7 +248,7 @@ def test_buffers_are_left_out_for_a_ddp_model_that_broadcasts_them(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_closed_port()}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{closed_port()}", rank=0, world_size=1)
     try:
         torch.manual_seed(4)
         model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 4))
@@ -284,7 +267,7 @@ def test_the_device_code_path_agrees_with_the_host_path(tmp_path, monkeypatch):
     runs = {}
     for host in (True, False):
         monkeypatch.setattr(tw, "_USE_NUMPY", host)
-        model = _model(seed=5)
+        model = small_model(seed=5)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
         runs[host] = _train(model, opt, 6, tmp_path, f"path-{host}", full_every=0)
     for h, d in zip(runs[True], runs[False]):
@@ -310,7 +293,7 @@ def test_rng_hash_changes_after_seeding_and_the_call_is_recorded(tmp_path):
     h2 = tw.rng_hashes()
     assert h2["python"] != h1["python"] and h2["numpy"] != h1["numpy"]
 
-    model = _model()
+    model = small_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     line = {}
 
@@ -351,14 +334,14 @@ class _Stub(http.server.BaseHTTPRequestHandler):
 
 
 def test_events_are_spooled_while_the_collector_is_down_and_redelivered(tmp_path):
-    port = _closed_port()
+    port = closed_port()
     spool = tmp_path / "spool.jsonl"
     # left by an earlier process of this run (re-sent first) and by another run (set aside)
     earlier = {"type": "heartbeat", "run": "spooled", "rank": 0, "world_size": 1, "host": "h", "pid": 1,
                "time_unix_s": 1.0}
     spool.write_text(json.dumps(earlier) + "\n" + json.dumps(dict(earlier, run="other")) + "\n")
     _Stub.batches = []
-    model = _model()
+    model = small_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     w = tw.watch(model, opt, run="spooled", collector=f"http://127.0.0.1:{port}", spool=spool,
                  flush_s=0.01, heartbeat_s=0.05)
@@ -529,7 +512,7 @@ def test_replay_flip_scenario_against_the_real_collector(tmp_path):
 
 
 def test_bad_arguments_are_refused_before_anything_is_hooked():
-    model = _model()
+    model = small_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with pytest.raises(tw.WatchError, match="run id"):
         tw.watch(model, opt, run="../etc", token="t")

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import importlib
 import json
-import socket
 from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")
+
+from support import closed_port, small_model  # noqa: E402
 
 from trainguard._native import Gather, WordSums  # noqa: E402
 
@@ -21,12 +22,7 @@ tw = importlib.import_module("trainguard.watch")
 M64 = (1 << 64) - 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _numpy_sums(words: list) -> bytes:
@@ -128,20 +124,9 @@ def test_gather_copies_and_its_guards():
 # ---------------------------------------------------------------------------------------------
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _model(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
-
-
 def _run(model, opt, steps: int, tmp_path: Path, name: str, *, after_step=None, **kw) -> list[dict]:
     spool = tmp_path / f"{name}.jsonl"
-    w = tw.watch(model, opt, run=f"n-{name}", collector=f"http://127.0.0.1:{_closed_port()}", token="t",
+    w = tw.watch(model, opt, run=f"n-{name}", collector=f"http://127.0.0.1:{closed_port()}", token="t",
                  spool=spool, flush_s=0.01, **kw)
     assert w._host  # these tests are about the native host path
     gen = torch.Generator().manual_seed(1)
@@ -163,7 +148,7 @@ def _pair(tmp_path, name, steps, tamper, **kw):
     of its steps. Returns the steps at which their parameter fingerprints differ."""
     runs = []
     for rank in (0, 1):
-        model = _model(seed=3)
+        model = small_model(seed=3)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         runs.append(_run(model, opt, steps, tmp_path, f"{name}-{rank}", after_step=tamper if rank else None, **kw))
     a, b = runs
@@ -276,7 +261,7 @@ def test_replaced_optimizer_state_is_reread(how, tmp_path):
             for st in opt.state.values():
                 st["exp_avg"] = st["exp_avg"].clone()
 
-    model = _model(seed=6)
+    model = small_model(seed=6)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     steps = _run(model, opt, 6, tmp_path, f"state-{how}", after_step=reset, sample=64)
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
@@ -302,10 +287,10 @@ def test_positional_slices_cover_every_parameter_and_buffer_element_once_per_cyc
 
 @pytest.mark.parametrize("loss", ["tensor", "float", "vector"])
 def test_the_logged_loss_is_recorded(loss, tmp_path):
-    model = _model()
+    model = small_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     spool = tmp_path / f"loss-{loss}.jsonl"
-    w = tw.watch(model, opt, run=f"loss-{loss}", collector=f"http://127.0.0.1:{_closed_port()}", token="t",
+    w = tw.watch(model, opt, run=f"loss-{loss}", collector=f"http://127.0.0.1:{closed_port()}", token="t",
                  spool=spool, flush_s=0.01)
     x = torch.randn(4, 16)
     out = model(x).pow(2)

@@ -128,6 +128,24 @@ impl SizedFile {
     pub fn open(path: impl AsRef<std::path::Path>) -> io::Result<SizedFile> {
         SizedFile::new(fs_err::File::open(path.as_ref())?)
     }
+
+    /// Appends the first `len` bytes to `buf` through the file's cursor (`read_to_end` fills
+    /// spare capacity without zeroing it first, which a positioned read into a fresh buffer
+    /// cannot do safely). Moves the cursor; positioned reads do not use it.
+    pub fn read_head(&self, len: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+        use std::io::{Read as _, Seek as _};
+        let mut file = self.file.file();
+        file.seek(io::SeekFrom::Start(0))?;
+        let start = buf.len();
+        file.take(len).read_to_end(buf)?;
+        if ((buf.len() - start) as u64) < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was read",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl ReadAt for SizedFile {

@@ -15,9 +15,9 @@
 use tg_archive::{ReadAt, ZipArchive};
 use tg_report::{Finding, Location, Verdict};
 
-use crate::danger::StrSet;
 use crate::formats::Outcome;
 use crate::json::{Json, obj_get};
+use crate::strset::StrSet;
 
 /// HDF5's signature (a Keras `.h5` model holds its config in an HDF5 attribute).
 pub(crate) fn is_hdf5(head: &[u8]) -> bool {

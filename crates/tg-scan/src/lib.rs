@@ -28,6 +28,7 @@ pub mod policy;
 mod proto;
 mod safetensors;
 mod skops;
+mod strset;
 mod tf;
 
 pub use gguf::rules as gguf_rules;
@@ -138,7 +139,7 @@ impl Scanner {
                     *bytes = Vec::with_capacity(READ_WHOLE as usize);
                 }
                 bytes.clear();
-                read_whole(&file, size, &mut bytes)
+                file.read_head(size, &mut bytes)
                     .map(|()| self.scan_source(&display, &bytes.as_slice()))
             });
             match scanned {
@@ -175,25 +176,6 @@ impl Scanner {
         report.bytes_read = cx.bytes_read;
         report
     }
-}
-
-/// Read the first `size` bytes of a freshly opened `file` into `bytes` (empty, with capacity):
-/// through `read_to_end`, which fills the spare capacity without zeroing it first (zeroing cost
-/// as much as the read).
-fn read_whole(file: &tg_archive::SizedFile, size: u64, bytes: &mut Vec<u8>) -> std::io::Result<()> {
-    use std::io::Read as _;
-    let Some(f) = tg_archive::ReadAt::as_file(file) else {
-        bytes.resize(size as usize, 0);
-        return tg_archive::ReadAt::read_exact_at(file, bytes, 0);
-    };
-    f.take(size).read_to_end(bytes)?;
-    if (bytes.len() as u64) < size {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "the file shrank while it was read",
-        ));
-    }
-    Ok(())
 }
 
 /// Files up to this size are read with one call and scanned from memory: the readers look at

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::danger::{FNV_SEED, fnv, fnv_byte};
+use crate::strset::{FNV_SEED, fnv, fnv_byte};
 
 /// FNV-1a: the keys are the policy's own entries (built-in or the user's), so a fast hash
 /// that an input could collide does not matter: lookups of a file's names insert nothing.

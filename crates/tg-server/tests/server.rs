@@ -476,12 +476,9 @@ async fn incidents_are_posted_to_the_webhook_with_retry() {
     assert!(c.metrics(0.0).contains(delivered));
 }
 
-/// Events per second through a real loopback socket: two clients, batches of 1000 step events,
-/// each batch committed (fsync) before it is acknowledged.
-#[test]
-fn loopback_ingestion_throughput() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = collector(&dir);
+/// The collector served on a free loopback port by a runtime of its own (keep it alive), and
+/// its URL.
+fn serve_loopback(c: &Collector) -> (tokio::runtime::Runtime, String) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -491,8 +488,17 @@ fn loopback_ingestion_throughput() {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = router(c.clone());
-    rt.spawn(async move { axum::serve(listener, app).await });
+    rt.spawn(axum::serve(listener, router(c.clone())).into_future());
+    (rt, url)
+}
+
+/// Events per second through a real loopback socket: two clients, batches of 1000 step events,
+/// each batch committed (fsync) before it is acknowledged.
+#[test]
+fn loopback_ingestion_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = collector(&dir);
+    let (_rt, url) = serve_loopback(&c);
     let token = Client::new(&url).unwrap().register("bench").unwrap();
     // TRAINGUARD_BENCH_BATCHES=N measures a longer run (N batches per client).
     let batches: u64 = std::env::var("TRAINGUARD_BENCH_BATCHES")
@@ -545,16 +551,7 @@ fn concurrent_posters_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("watch.db");
     let c = Collector::open(Config::new(&db)).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    rt.spawn(axum::serve(listener, router(c.clone())).into_future());
+    let (rt, url) = serve_loopback(&c);
     let runs: Vec<(String, String)> = (0..RUNS)
         .map(|r| {
             let run = format!("crowd-{r}");

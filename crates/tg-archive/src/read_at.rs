@@ -129,22 +129,18 @@ impl SizedFile {
         SizedFile::new(fs_err::File::open(path.as_ref())?)
     }
 
-    /// Appends the first `len` bytes to `buf` through the file's cursor (`read_to_end` fills
-    /// spare capacity without zeroing it first, which a positioned read into a fresh buffer
-    /// cannot do safely). Moves the cursor; positioned reads do not use it.
-    pub fn read_head(&self, len: u64, buf: &mut Vec<u8>) -> io::Result<()> {
-        use std::io::{Read as _, Seek as _};
-        let mut file = self.file.file();
-        file.seek(io::SeekFrom::Start(0))?;
-        let start = buf.len();
-        file.take(len).read_to_end(buf)?;
-        if ((buf.len() - start) as u64) < len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the file shrank while it was read",
-            ));
+    /// The first `len` bytes, read with one positioned read into `buf`, which keeps its length
+    /// from call to call: only the part of it no earlier call reached is zeroed first (memory a
+    /// read is about to fill is touched either way), and there is no seek, no read in growing
+    /// steps and no probe for the end, which reading to the end through the cursor costs.
+    pub fn read_head<'b>(&self, len: u64, buf: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
+        let len = usize::try_from(len).map_err(|_| eof())?;
+        if buf.len() < len {
+            buf.resize(len, 0);
         }
-        Ok(())
+        let head = &mut buf[..len];
+        self.read_exact_at(head, 0)?;
+        Ok(head)
     }
 }
 

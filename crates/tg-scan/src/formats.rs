@@ -932,6 +932,9 @@ impl Cx<'_> {
             Ok(r) => r,
             Err(e) => return unreadable("7z archive", &e.to_string()),
         };
+        // One thread: the multi-threaded LZMA2 decoder would start threads (and a malloc arena
+        // each) for every archive, inside a scan that is already parallel across files.
+        reader.set_thread_count(1);
         let mut members: Vec<(String, Result<Vec<u8>, String>)> = Vec::new();
         let mut total = 0u64;
         let max_total = self.scanner.limits.archive.max_total_bytes;

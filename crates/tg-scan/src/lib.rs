@@ -136,11 +136,10 @@ impl Scanner {
                 if bytes.capacity() < size as usize {
                     // Reserve the largest size once: memory is only faulted in where a file
                     // reaches, and never again for a later file on this thread.
-                    *bytes = Vec::with_capacity(READ_WHOLE as usize);
+                    bytes.reserve_exact(READ_WHOLE as usize);
                 }
-                bytes.clear();
                 file.read_head(size, &mut bytes)
-                    .map(|()| self.scan_source(&display, &bytes.as_slice()))
+                    .map(|head| self.scan_source(&display, &head))
             });
             match scanned {
                 Ok(mut r) => {

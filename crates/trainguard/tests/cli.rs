@@ -457,6 +457,58 @@ fn a_missing_path_is_an_error_and_exits_2() {
         "#);
 }
 
+/// Files are scanned while the walk goes on, and links wait for every name to be known: a link
+/// met before its target is reported once, at its place, with the target's scan; a link to a
+/// file outside the walk is scanned on its own.
+#[test]
+fn links_before_their_targets_and_out_of_tree_links_are_scanned_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    let outside = tmp.path().join("outside");
+    for dir in ["tree/a", "tree/z", "outside"] {
+        fs_err::create_dir_all(tmp.path().join(dir)).unwrap();
+    }
+    fs_err::copy(
+        fixtures_dir().join("torch_zip_benign.pt"),
+        tree.join("z/real.pt"),
+    )
+    .unwrap();
+    fs_err::copy(
+        fixtures_dir().join("torch_zip_benign.pt"),
+        outside.join("far.pt"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../z/real.pt", tree.join("a/link.pt")).unwrap();
+    std::os::unix::fs::symlink("../../outside/far.pt", tree.join("a/out.pt")).unwrap();
+    for threads in ["-j1", "-j3"] {
+        let run = trainguard(tmp.path(), &["scan", threads, "--format", "json", "tree"]);
+        assert_eq!(run.code, 0, "{}", shown(&run));
+        let rows: Vec<(String, String)> = run
+            .stdout
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["path"].to_string(), v["format"].to_string())
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (
+                    r#""tree/a/link.pt""#.to_owned(),
+                    r#""pytorch-zip""#.to_owned()
+                ),
+                (
+                    r#""tree/a/out.pt""#.to_owned(),
+                    r#""pytorch-zip""#.to_owned()
+                ),
+            ],
+            "{}",
+            shown(&run)
+        );
+    }
+}
+
 /// A Hugging Face hub cache: `snapshots/<rev>/<name>` links to `blobs/<sha>`. Each real file
 /// is scanned once, under its snapshot name; naming a file and its folder scans it once too.
 #[test]

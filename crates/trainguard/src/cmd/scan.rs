@@ -3,7 +3,6 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -154,11 +153,16 @@ pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
     } else {
         Some(globs(&args.include)?)
     };
-    let (files, mut errors) = collect_files(&args.paths, &exclude, include.as_ref());
-
-    let show_progress = !args.no_progress && files.len() > 8 && std::io::stderr().is_terminal();
-    let bar = show_progress.then(|| {
-        let b = indicatif::ProgressBar::new(files.len() as u64);
+    let threads = match args.threads {
+        Some(n) if n > 0 => n,
+        _ => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let bar = (!args.no_progress && std::io::stderr().is_terminal()).then(|| {
+        // Hidden until the walk has found more than a handful of files.
+        let b = indicatif::ProgressBar::with_draw_target(
+            Some(0),
+            indicatif::ProgressDrawTarget::hidden(),
+        );
         b.set_style(
             indicatif::ProgressStyle::with_template(
                 "{spinner} scanning {pos}/{len} files [{elapsed}] {wide_msg}",
@@ -167,14 +171,17 @@ pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
         );
         b
     });
-    let threads = match args.threads {
-        Some(n) if n > 0 => n,
-        _ => std::thread::available_parallelism().map_or(1, usize::from),
+    let walk = Walk {
+        roots: &args.paths,
+        exclude: &exclude,
+        include: include.as_ref(),
     };
-    let reports = scan_all(&scanner, &files, threads, bar.as_ref());
+    let json_lines = args.format == Format::Json;
+    let (scanned, mut errors) = scan_all(&scanner, &walk, threads, bar.as_ref(), json_lines);
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let (reports, lines): (Vec<FileReport>, Vec<Option<String>>) = scanned.into_iter().unzip();
     let records: Vec<crate::record::Record> = reports
         .iter()
         .map(|r| crate::record::Record {
@@ -192,9 +199,10 @@ pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
     // One write for the whole report: stdout is line-buffered, and a line per write is a
     // syscall per file.
     let text = match args.format {
-        Format::Json => reports
-            .iter()
-            .map(tg_report::jsonl::line)
+        Format::Json => lines
+            .into_iter()
+            .zip(&reports)
+            .map(|(line, r)| line.unwrap_or_else(|| tg_report::jsonl::line(r)))
             .collect::<Vec<_>>()
             .join("\n"),
         Format::Sarif => {
@@ -222,46 +230,94 @@ pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
     if !errors.is_empty() {
         worst = worst.max(Verdict::Inconclusive);
     }
-    if files.is_empty() && errors.is_empty() {
+    if reports.is_empty() && errors.is_empty() {
         output::hint("no files to scan: check the paths and the --include/--exclude globs");
     }
     Ok(ExitCode::from(worst.exit_code()))
 }
 
-/// Scan `files` on up to `threads` threads, this one among them, and return the reports in
-/// the order of `files`. Each thread takes the next file from a shared counter, so one slow file
-/// holds up nothing else. (A rayon pool would start every worker and leave this thread waiting;
-/// for a directory that scans in milliseconds, a thread's start-up, its stack and its malloc
-/// arena, costs more than it brings.) A thread that cannot be started is done without.
+/// What to walk: the roots and the globs that filter them.
+struct Walk<'a> {
+    roots: &'a [PathBuf],
+    exclude: &'a globset::GlobSet,
+    include: Option<&'a globset::GlobSet>,
+}
+
+/// One file the walk found: its path, whether it was reached through a symlink, and its job
+/// number once it has been handed to the scanning threads.
+struct Found {
+    path: PathBuf,
+    is_link: bool,
+    job: Option<usize>,
+}
+
+/// A report, with its JSON line when the workers render them.
+type Scanned = (FileReport, Option<String>);
+
+/// Walk `walk` and scan every file found on up to `threads` threads, this one among them, and
+/// return the reports in the walk's order. Files are scanned while the walk goes on: each
+/// thread takes the next file as soon as the walk has found it, so one slow file holds up
+/// nothing else, and the walk costs no time of its own. This thread walks, then scans. (A
+/// rayon pool would start every worker and leave this thread waiting; for a directory that
+/// scans in milliseconds, a thread's start-up, its stack and its malloc arena cost more than
+/// they bring, so a helper is only started once there is a file for it.) A thread that cannot
+/// be started is done without.
 fn scan_all(
     scanner: &Scanner,
-    files: &[PathBuf],
+    walk: &Walk<'_>,
     threads: usize,
     bar: Option<&indicatif::ProgressBar>,
-) -> Vec<FileReport> {
-    let next = AtomicUsize::new(0);
+    json_lines: bool,
+) -> (Vec<Scanned>, Vec<String>) {
+    let jobs = Jobs::default();
     let work = || {
-        let mut done = Vec::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(path) = files.get(i) else {
-                return done;
-            };
-            done.push((i, scanner.scan_path(path)));
+        let mut done: Vec<(usize, Scanned)> = Vec::new();
+        while let Some((i, path)) = jobs.take() {
+            let report = scanner.scan_path(&path);
+            let line = json_lines.then(|| tg_report::jsonl::line(&report));
+            done.push((i, (report, line)));
             if let Some(b) = bar {
                 b.inc(1);
             }
         }
+        done
     };
-    let mut done = std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads.min(files.len()))
-            .filter_map(|i| {
-                std::thread::Builder::new()
-                    .name(format!("scan-{i}"))
+    let (found, errors, done) = std::thread::scope(|s| {
+        let mut helpers = Vec::new();
+        let mut spawn_failed = false;
+        let mut hand_over = |path: &Path| {
+            let i = jobs.push(path.to_path_buf());
+            if let Some(b) = bar {
+                b.inc_length(1);
+                if i == 8 {
+                    b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                }
+            }
+            // A helper for the second file, and one more per file after it, up to `threads`.
+            if !spawn_failed && helpers.len() + 1 < threads && helpers.len() < i {
+                match std::thread::Builder::new()
+                    .name(format!("scan-{}", helpers.len() + 1))
                     .spawn_scoped(s, work)
-                    .ok()
+                {
+                    Ok(h) => helpers.push(h),
+                    Err(_) => spawn_failed = true,
+                }
+            }
+            i
+        };
+        let (found, errors) = collect_files(walk, &mut hand_over);
+        // Files reached only through a symlink were held back until every name was known.
+        let found = dedupe_links(found, walk.roots.len() > 1);
+        let found: Vec<Found> = found
+            .into_iter()
+            .map(|mut f| {
+                if f.job.is_none() {
+                    f.job = Some(hand_over(&f.path));
+                }
+                f
             })
             .collect();
+        jobs.close();
         let mut all = work();
         for h in helpers {
             match h.join() {
@@ -269,11 +325,90 @@ fn scan_all(
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
-        all
+        (found, errors, all)
     });
-    // Every index was taken exactly once: back into the walk's (stable) order.
-    done.sort_unstable_by_key(|(i, _)| *i);
-    done.into_iter().map(|(_, r)| r).collect()
+    let mut by_job: Vec<Option<Scanned>> =
+        std::iter::repeat_with(|| None).take(done.len()).collect();
+    for (i, scanned) in done {
+        by_job[i] = Some(scanned);
+    }
+    let scanned = found
+        .into_iter()
+        .filter_map(|f| {
+            let (mut report, mut line) = by_job.get_mut(f.job?)?.take()?;
+            let name = f.path.display().to_string();
+            if report.path != name {
+                // The same file was scanned under another of its names: report it under this one.
+                report.path = name;
+                line = line.map(|_| tg_report::jsonl::line(&report));
+            }
+            Some((report, line))
+        })
+        .collect();
+    (scanned, errors)
+}
+
+/// The files found so far, shared between the walk and the scanning threads.
+#[derive(Default)]
+struct Jobs {
+    queue: std::sync::Mutex<Queue>,
+    ready: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    paths: Vec<PathBuf>,
+    /// The first file no thread has taken yet.
+    next: usize,
+    /// Threads waiting for a file (notifying nobody would still cost a system call).
+    waiting: usize,
+    /// The walk is over: no more files will come.
+    closed: bool,
+}
+
+impl Jobs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a file; returns its job number.
+    fn push(&self, path: PathBuf) -> usize {
+        let mut q = self.lock();
+        q.paths.push(path);
+        let (job, waiting) = (q.paths.len() - 1, q.waiting > 0);
+        drop(q);
+        if waiting {
+            self.ready.notify_one();
+        }
+        job
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    /// The next file to scan, waiting for the walk to find one; `None` once all are taken.
+    fn take(&self) -> Option<(usize, PathBuf)> {
+        let mut q = self.lock();
+        loop {
+            if let Some(path) = q.paths.get(q.next).cloned() {
+                q.next += 1;
+                return Some((q.next - 1, path));
+            }
+            if q.closed {
+                return None;
+            }
+            q.waiting += 1;
+            q = self
+                .ready
+                .wait(q)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            q.waiting -= 1;
+        }
+    }
 }
 
 fn globs(patterns: &[String]) -> anyhow::Result<globset::GlobSet> {
@@ -308,16 +443,22 @@ fn walk_order(path: &Path) -> Vec<u8> {
         .collect()
 }
 
-/// Every file under `paths`, in a stable order. Directory symlinks are not followed (no loops);
-/// a symlink to a file is scanned as that file.
+/// Every file under the roots, in a stable order: each root's files in the order of a sorted
+/// depth-first walk. Directory symlinks are not followed (no loops); a symlink to a file is
+/// scanned as that file. Files reached without a symlink go to `hand_over` as soon as they are
+/// found; the others wait for [`dedupe_links`].
 fn collect_files(
-    paths: &[PathBuf],
-    exclude: &globset::GlobSet,
-    include: Option<&globset::GlobSet>,
-) -> (Vec<PathBuf>, Vec<String>) {
+    walk: &Walk<'_>,
+    hand_over: &mut dyn FnMut(&Path) -> usize,
+) -> (Vec<Found>, Vec<String>) {
     let mut files = Vec::new();
     let mut errors = Vec::new();
-    for root in paths {
+    let mut found = |path: PathBuf, is_link: bool| Found {
+        job: (!is_link).then(|| hand_over(&path)),
+        path,
+        is_link,
+    };
+    for root in walk.roots {
         let meta = match fs_err::metadata(root) {
             Ok(m) => m,
             Err(e) => {
@@ -327,15 +468,14 @@ fn collect_files(
         };
         if meta.is_file() {
             // An explicitly named file is scanned even if an --include glob does not match.
-            let is_link = root.is_symlink();
-            files.push((root.clone(), is_link));
+            files.push(found(root.clone(), root.is_symlink()));
             continue;
         }
         // Unsorted: walkdir's sort_by_file_name parses both paths at every comparison; this
         // root's files are sorted once below, into the same order.
         let first = files.len();
         let walker = walkdir::WalkDir::new(root).follow_links(false).into_iter();
-        for entry in walker.filter_entry(|e| e.depth() == 0 || !matches(exclude, e.path())) {
+        for entry in walker.filter_entry(|e| e.depth() == 0 || !matches(walk.exclude, e.path())) {
             match entry {
                 Ok(e) => {
                     let is_link = e.path_is_symlink();
@@ -343,49 +483,53 @@ fn collect_files(
                     if !is_file {
                         continue;
                     }
-                    if include.is_some_and(|inc| !matches(inc, e.path())) {
+                    if walk.include.is_some_and(|inc| !matches(inc, e.path())) {
                         continue;
                     }
-                    files.push((e.into_path(), is_link));
+                    files.push(found(e.into_path(), is_link));
                 }
                 Err(e) => errors.push(format!("cannot walk {}: {e}", root.display())),
             }
         }
-        files[first..].sort_by_cached_key(|(p, _)| walk_order(p));
+        files[first..].sort_by_cached_key(|f| walk_order(&f.path));
     }
-    (dedupe_links(files, paths.len() > 1), errors)
+    (files, errors)
 }
 
 /// A Hugging Face hub cache names every file twice: `snapshots/<rev>/<name>` is a symlink to
-/// `blobs/<sha>`. Scan each real file (device and inode) once, under the snapshot name users
-/// recognise. Without symlinks and with one root, the walk cannot reach a file twice, and the
-/// per-file `stat` is skipped.
-fn dedupe_links(files: Vec<(PathBuf, bool)>, several_roots: bool) -> Vec<PathBuf> {
+/// `blobs/<sha>`. Report each real file (device and inode) once, at its first place in the
+/// walk, under the snapshot name users recognise, with the scan of whichever name was scanned.
+/// Without symlinks and with one root, the walk cannot reach a file twice, and the per-file
+/// `stat` is skipped.
+fn dedupe_links(files: Vec<Found>, several_roots: bool) -> Vec<Found> {
     use std::os::unix::fs::MetadataExt as _;
-    if !several_roots && files.iter().all(|(_, is_link)| !is_link) {
-        return files.into_iter().map(|(p, _)| p).collect();
+    if !several_roots && files.iter().all(|f| !f.is_link) {
+        return files;
     }
     let mut seen: std::collections::HashMap<(u64, u64), usize> = std::collections::HashMap::new();
-    let mut out: Vec<(PathBuf, bool)> = Vec::with_capacity(files.len());
-    for (path, is_link) in files {
-        let Ok(meta) = fs_err::metadata(&path) else {
-            out.push((path, is_link));
+    let mut out: Vec<Found> = Vec::with_capacity(files.len());
+    for f in files {
+        let Ok(meta) = fs_err::metadata(&f.path) else {
+            out.push(f);
             continue;
         };
         match seen.entry((meta.dev(), meta.ino())) {
             std::collections::hash_map::Entry::Occupied(kept) => {
                 let kept = &mut out[*kept.get()];
-                if is_link && !kept.1 {
-                    *kept = (path, is_link);
+                if f.is_link && !kept.is_link {
+                    kept.path = f.path;
+                    kept.is_link = true;
                 }
+                // Keep whichever scan there is (a link is not scanned yet).
+                kept.job = kept.job.or(f.job);
             }
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(out.len());
-                out.push((path, is_link));
+                out.push(f);
             }
         }
     }
-    out.into_iter().map(|(p, _)| p).collect()
+    out
 }
 
 fn render_human(r: &FileReport) -> String {

@@ -34,7 +34,10 @@ struct Cli {
     ledger: Option<PathBuf>,
 }
 
+/// Each verb's arguments are built only when that verb is run (`defer`): building every verb's
+/// parser on every start cost more than a small scan.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 enum Command {
     /// Statically scan model files for code that runs on load (never executes them).
     Scan(cmd::scan::Args),

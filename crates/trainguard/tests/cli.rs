@@ -550,3 +550,29 @@ fn a_hub_cache_scans_each_blob_once_under_its_snapshot_name() {
     );
     assert_eq!(run.stdout.lines().count(), 1, "{}", shown(&run));
 }
+
+/// Each verb's `--help` is its full text, examples included (the verbs' parsers are built only
+/// when run, and their own long help must not be replaced by the one-line summary).
+#[test]
+fn verb_help_shows_the_long_text_with_examples() {
+    let tmp = tempfile::tempdir().unwrap();
+    for verb in ["scan", "convert", "diff", "run"] {
+        let run = trainguard(tmp.path(), &[verb, "--help"]);
+        assert_eq!(run.code, 0, "{}", shown(&run));
+        assert!(run.stdout.contains("Examples:"), "{verb}: {}", shown(&run));
+        assert!(
+            run.stdout.contains(&format!("trainguard {verb} ")),
+            "{}",
+            shown(&run)
+        );
+    }
+    for verb in ["seal", "verify", "keygen", "ledger", "env", "watch"] {
+        let run = trainguard(tmp.path(), &[verb, "--help"]);
+        assert_eq!(run.code, 0, "{}", shown(&run));
+        assert!(
+            !run.stdout.contains("Arguments of"),
+            "{verb}: {}",
+            shown(&run)
+        );
+    }
+}

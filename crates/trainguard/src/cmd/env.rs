@@ -21,7 +21,8 @@ pub(crate) enum Format {
     Json,
 }
 
-/// Arguments of `trainguard env`.
+/// Check a Python environment's integrity (RECORD hashes, unrecorded files, start-up hooks)
+/// or snapshot it as a baseline.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     #[command(subcommand)]

@@ -14,7 +14,7 @@ use tg_ledger::{
 
 use crate::{Context, output, record};
 
-/// Arguments of `trainguard ledger`.
+/// Verify, show and prove the append-only ledger of what trainguard did.
 ///
 /// The ledger is an append-only log of what trainguard did (who, on which host, which verb, on
 /// which path with which digests, which verdict, when): a SQLite file named by the global

@@ -83,7 +83,7 @@ impl Common {
     }
 }
 
-/// Arguments of `trainguard seal`.
+/// Sign a manifest of every file in a model or checkpoint directory (OpenSSF Model Signing).
 ///
 /// Writes a signed manifest of every file in DIR: an OpenSSF Model Signing v1.0 bundle (Sigstore
 /// bundle v0.3, DSSE, in-toto statement, one SHA-256 per file, ECDSA). `model_signing verify key`
@@ -99,7 +99,7 @@ pub(crate) struct SealArgs {
     private_key: PathBuf,
 }
 
-/// Arguments of `trainguard verify`.
+/// Verify a directory against its signed manifest; names every missing, extra, changed file.
 ///
 /// Checks the signature of DIR's manifest, then re-hashes DIR and names every missing, extra and
 /// changed file. Exit code 0: valid; 1: invalid (tampered files, bad signature, wrong key);
@@ -114,7 +114,7 @@ pub(crate) struct VerifyArgs {
     public_key: PathBuf,
 }
 
-/// Arguments of `trainguard keygen`.
+/// Create an ECDSA key pair for `seal` and `verify`.
 ///
 /// Writes a new ECDSA key pair for `seal` and `verify`: PREFIX.key.pem (PKCS#8, mode 0600) and
 /// PREFIX.pub.pem. Never overwrites an existing file.

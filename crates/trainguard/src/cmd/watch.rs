@@ -19,7 +19,8 @@ pub(crate) enum Format {
     Json,
 }
 
-/// Arguments of `trainguard watch`.
+/// Collect training telemetry and detect sabotage: `watch serve` runs the collector,
+/// `watch incidents` lists what it found.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     #[command(subcommand)]

@@ -116,8 +116,8 @@ pub struct Call {
 
 /// Storage for every value of one analysis.
 ///
-/// A dropped arena's vector goes back to a small per-thread pool, emptied, and the next
-/// analysis on that thread starts from it. A scan analyses many pickles one after another;
+/// A dropped arena's vector goes back to a small pool, emptied, and the next analysis starts
+/// from it. A scan analyses many pickles one after another;
 /// without the pool each one maps a fresh vector, faults its pages in and unmaps them again,
 /// which cost more than running the pickles.
 #[derive(Debug, Default)]
@@ -125,24 +125,27 @@ pub struct Arena {
     values: Vec<Value>,
 }
 
-// Spare value vectors of this thread, at most `SPARE_ARENAS` (nested pickles need one each).
-std::thread_local! {
-    static SPARE: std::cell::RefCell<Vec<Vec<Value>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
+/// Emptied value vectors, shared by every thread: a scan's threads come and go, and memory one
+/// of them faulted in serves the next analysis on any of them (a pool per thread would also be
+/// unmapped at each thread's exit, while its caller waits to join it).
+static SPARE: std::sync::Mutex<Vec<Vec<Value>>> = std::sync::Mutex::new(Vec::new());
 
-/// How many spare vectors a thread keeps.
-const SPARE_ARENAS: usize = 4;
+/// How many spare vectors the pool keeps (threads times nested pickles).
+const SPARE_ARENAS: usize = 16;
 
 /// The largest vector kept for reuse, in values (32 MiB): a bigger one goes back to the system.
 const MAX_SPARE_VALUES: usize = 1 << 20;
 
+/// The pool, whatever a panicking thread left in it (only emptied vectors go in).
+fn spare() -> std::sync::MutexGuard<'static, Vec<Vec<Value>>> {
+    SPARE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Arena {
     pub(crate) fn with_capacity(n: usize) -> Self {
-        let mut values = SPARE
-            .try_with(|s| s.borrow_mut().pop())
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let mut values = spare().pop().unwrap_or_default();
         values.reserve(n);
         Arena { values }
     }
@@ -400,12 +403,9 @@ impl Drop for Arena {
             return;
         }
         values.clear();
-        // During thread teardown the pool may be gone: then the vector is simply freed.
-        let _ = SPARE.try_with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < SPARE_ARENAS {
-                s.push(values);
-            }
-        });
+        let mut spare = spare();
+        if spare.len() < SPARE_ARENAS {
+            spare.push(values);
+        }
     }
 }

@@ -126,21 +126,17 @@ impl Scanner {
         };
         let size = tg_archive::ReadAt::size(&file);
         let mut report = if size <= READ_WHOLE {
-            // One buffer per thread, reused from file to file: fresh memory costs a page fault
-            // per 4 KiB, more than the read itself.
-            thread_local! {
-                static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+            // Buffers are reused from file to file: fresh memory costs a page fault per 4 KiB,
+            // more than the read itself. The largest size is reserved once; memory is only
+            // faulted in where a file reaches, and never again for a later file.
+            let mut bytes = read_buffers().pop().unwrap_or_default();
+            if bytes.capacity() < size as usize {
+                bytes.reserve_exact(READ_WHOLE as usize);
             }
-            let scanned = BUF.with(|buf| {
-                let mut bytes = buf.borrow_mut();
-                if bytes.capacity() < size as usize {
-                    // Reserve the largest size once: memory is only faulted in where a file
-                    // reaches, and never again for a later file on this thread.
-                    bytes.reserve_exact(READ_WHOLE as usize);
-                }
-                file.read_head(size, &mut bytes)
-                    .map(|head| self.scan_source(&display, &head))
-            });
+            let scanned = file
+                .read_head(size, &mut bytes)
+                .map(|head| self.scan_source(&display, &head));
+            read_buffers().push(bytes);
             match scanned {
                 Ok(mut r) => {
                     r.bytes_read = size;
@@ -181,6 +177,17 @@ impl Scanner {
 /// a small file several times (sniffing, headers, members, the appended-zip tail), and one read
 /// costs less than several positioned reads. Larger files are read only where needed.
 const READ_WHOLE: u64 = 1 << 20;
+
+/// Read buffers between files, shared by the scanning threads (one in use per thread at a
+/// time). Shared rather than per thread: a thread's own buffer would be unmapped at its exit,
+/// while the caller waits to join it.
+static READ_BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+fn read_buffers() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
+    READ_BUFFERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn io_report(display: String, e: &std::io::Error) -> FileReport {
     let mut r = FileReport::new(display, "unknown");

@@ -12,6 +12,9 @@ use crate::Scanner;
 use crate::format_rules as fr;
 use crate::judge::{self, Context};
 
+/// The own part of each window an HDF5 file is read in (the overlap comes on top).
+const H5_WINDOW: u64 = 64 << 20;
+
 /// `torch.serialization.MAGIC_NUMBER`, the first pickle of a legacy (pre-1.6) checkpoint.
 const TORCH_LEGACY_MAGIC: i128 = 0x1950a86a20f9469cfc6c;
 
@@ -847,18 +850,36 @@ impl Cx<'_> {
 
     // ---------- Keras HDF5, TensorFlow SavedModel ----------
 
+    /// A Keras HDF5 file, read in windows of [`H5_WINDOW`] bytes (each with the overlap a config
+    /// may need), so memory stays bounded for weights files of any size.
     fn scan_h5(&mut self, src: &dyn ReadAt) -> Outcome {
-        let cap = self.scanner.limits.archive.max_member_bytes;
-        if src.size() > cap {
-            return unreadable("HDF5 file", "larger than the member limit");
+        let size = src.size();
+        let mut scan = crate::keras::H5Scan::default();
+        let mut out = Outcome::new("keras-h5");
+        let (mut base, mut reread) = (0, 0);
+        while base < size {
+            if base > 0 && self.timed_out() {
+                out.findings.push(timeout());
+                break;
+            }
+            let own = H5_WINDOW.min(size - base);
+            let len = (own + crate::keras::H5_OVERLAP).min(size - base);
+            let bytes = match self.read(src, base, len) {
+                Ok(b) => b,
+                Err(e) => return unreadable("HDF5 file", &e.to_string()),
+            };
+            // The previous window's overlap is read again: count the file's bytes once.
+            self.bytes_read -= reread;
+            reread = len - own;
+            // `own` fits in memory: it is at most H5_WINDOW.
+            scan.window(&bytes, base, own as usize);
+            base += own;
         }
-        let bytes = match self.read(src, 0, src.size()) {
-            Ok(b) => b,
-            Err(e) => return unreadable("HDF5 file", &e.to_string()),
-        };
-        let (findings, notes) = crate::keras::scan_h5(&bytes);
-        let mut out = Outcome::new(if notes.is_empty() { "keras-h5" } else { "hdf5" });
-        out.findings = findings;
+        let (findings, notes) = scan.finish();
+        if !notes.is_empty() {
+            out.format = "hdf5";
+        }
+        out.findings.extend(findings);
         out.notes = notes;
         out
     }

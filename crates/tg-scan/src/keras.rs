@@ -663,63 +663,110 @@ fn object(
 /// Every Keras config JSON (`{"class_name": …}` or `{"module": …}`, the `model_config` and
 /// `training_config` attributes) in an HDF5 file's bytes, judged.
 pub(crate) fn scan_h5(bytes: &[u8]) -> (Vec<Finding>, Vec<String>) {
-    let mut findings = Vec::new();
-    let mut notes = Vec::new();
-    let mut configs = 0;
-    let mut failed_bytes = 0usize;
-    let mut at = 0;
-    // One pass over the `{` bytes; a parse reads at most one config-sized window, and the
-    // windows of failed parses share one budget, so hostile files cannot make this quadratic.
-    while let Some(p) = bytes.get(at..).and_then(|r| memchr::memchr(b'{', r)) {
-        let start = at + p;
-        let rest = &bytes[start..];
-        if !(rest.starts_with(b"{\"class_name\"") || rest.starts_with(b"{\"module\"")) {
-            at = start + 1;
-            continue;
-        }
-        let window = &rest[..rest.len().min(MAX_CONFIG as usize)];
-        let mut it = serde_json::Deserializer::from_slice(window).into_iter::<Json<'_>>();
-        match it.next() {
-            Some(Ok(v)) => {
-                configs += 1;
-                judge_config(&v, &Location::at(start as u64), &mut findings);
-                at = start + it.byte_offset().max(1);
-            }
-            _ => {
-                failed_bytes += window.len();
-                if failed_bytes > MAX_H5_FAILED_BYTES {
-                    findings.push(Finding::new(
-                        rules::MALFORMED,
-                        Verdict::Inconclusive,
-                        "too many unreadable config-like strings: not all were read",
-                        Location::at(start as u64),
-                    ));
-                    break;
-                }
-                at = start + 1;
-            }
-        }
-    }
-    // Gadget names outside any parsed config (a config split across HDF5 chunks).
-    if configs == 0 {
-        notes.push("HDF5 file without a Keras model config".into());
-    }
-    for g in GADGET_STRINGS.iter().chain(&["\"Lambda\""]) {
-        if let Some(p) = find(bytes, g.as_bytes())
-            && !findings.iter().any(|f| f.verdict == Verdict::Malicious)
+    let mut scan = H5Scan::default();
+    scan.window(bytes, 0, bytes.len());
+    scan.finish()
+}
+
+/// How many bytes past its own part a window of an HDF5 file must hold: a config that starts
+/// in the window can be parsed whole, and a gadget name that starts there is seen whole.
+pub(crate) const H5_OVERLAP: u64 = MAX_CONFIG;
+
+/// The Keras configs of an HDF5 file, read window by window so that memory stays bounded
+/// whatever the file's size: each window is the file from `base`, its own part (where configs
+/// and names may start) followed by [`H5_OVERLAP`] bytes of the next.
+#[derive(Debug, Default)]
+pub(crate) struct H5Scan {
+    findings: Vec<Finding>,
+    configs: usize,
+    failed_bytes: usize,
+    /// Where the next config may start (a parsed config is skipped whole, into later windows).
+    next: u64,
+    /// The first place of each gadget name, once seen.
+    gadgets: [Option<u64>; GADGET_STRINGS.len() + 1],
+    stopped: bool,
+}
+
+impl H5Scan {
+    /// Scan `bytes`, the file from offset `base`, for configs and names that start in its first
+    /// `own` bytes.
+    pub(crate) fn window(&mut self, bytes: &[u8], base: u64, own: usize) {
+        let own = own.min(bytes.len());
+        // One pass over the `{` bytes; a parse reads at most one config-sized window, and the
+        // windows of failed parses share one budget, so hostile files cannot make this quadratic.
+        let mut at = usize::try_from(self.next.saturating_sub(base)).unwrap_or(usize::MAX);
+        while !self.stopped
+            && let Some(p) = bytes.get(at..own).and_then(|r| memchr::memchr(b'{', r))
         {
-            findings.push(
-                Finding::new(
-                    rules::GADGET,
-                    Verdict::Malicious,
-                    format!("HDF5 file names '{g}' outside a readable config"),
-                    Location::at(p as u64),
-                )
-                .with_evidence((*g).to_owned()),
-            );
+            let start = at + p;
+            let rest = &bytes[start..];
+            if !(rest.starts_with(b"{\"class_name\"") || rest.starts_with(b"{\"module\"")) {
+                at = start + 1;
+                continue;
+            }
+            let window = &rest[..rest.len().min(MAX_CONFIG as usize)];
+            let mut it = serde_json::Deserializer::from_slice(window).into_iter::<Json<'_>>();
+            let abs = base + start as u64;
+            match it.next() {
+                Some(Ok(v)) => {
+                    self.configs += 1;
+                    judge_config(&v, &Location::at(abs), &mut self.findings);
+                    at = start + it.byte_offset().max(1);
+                }
+                _ => {
+                    self.failed_bytes += window.len();
+                    if self.failed_bytes > MAX_H5_FAILED_BYTES {
+                        self.findings.push(Finding::new(
+                            rules::MALFORMED,
+                            Verdict::Inconclusive,
+                            "too many unreadable config-like strings: not all were read",
+                            Location::at(abs),
+                        ));
+                        self.stopped = true;
+                    }
+                    at = start + 1;
+                }
+            }
+        }
+        self.next = self.next.max(base + at as u64);
+        let names = GADGET_STRINGS.iter().chain(&["\"Lambda\""]);
+        for (seen, g) in self.gadgets.iter_mut().zip(names) {
+            if seen.is_none()
+                && let Some(p) = find(bytes, g.as_bytes()).filter(|&p| p < own)
+            {
+                *seen = Some(base + p as u64);
+            }
         }
     }
-    (findings, notes)
+
+    /// The findings and notes, once every window has been read.
+    pub(crate) fn finish(mut self) -> (Vec<Finding>, Vec<String>) {
+        let mut notes = Vec::new();
+        if self.configs == 0 {
+            notes.push("HDF5 file without a Keras model config".into());
+        }
+        // Gadget names outside any parsed config (a config split across HDF5 chunks).
+        let names = GADGET_STRINGS.iter().chain(&["\"Lambda\""]);
+        for (seen, g) in self.gadgets.iter().zip(names) {
+            if let Some(p) = *seen
+                && !self
+                    .findings
+                    .iter()
+                    .any(|f| f.verdict == Verdict::Malicious)
+            {
+                self.findings.push(
+                    Finding::new(
+                        rules::GADGET,
+                        Verdict::Malicious,
+                        format!("HDF5 file names '{g}' outside a readable config"),
+                        Location::at(p),
+                    )
+                    .with_evidence((*g).to_owned()),
+                );
+            }
+        }
+        (self.findings, notes)
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -795,8 +842,19 @@ pub(crate) fn scan_zip<R: ReadAt>(zip: &ZipArchive<R>) -> Option<Outcome> {
 /// Fuzzing entry point: judge `data` as HDF5 bytes holding Keras configs.
 #[doc(hidden)]
 pub fn fuzz_keras_h5(data: &[u8]) {
-    let (f, n) = scan_h5(data);
-    let _ = (f.len(), n.len());
+    let whole = scan_h5(data);
+    // The same bytes in windows of 64 (each holding the rest of the input as its overlap)
+    // must give the same findings and notes.
+    assert_eq!(windowed(data, 64), whole);
+}
+
+/// `data` scanned as windows whose own parts are `own` bytes long.
+fn windowed(data: &[u8], own: usize) -> (Vec<Finding>, Vec<String>) {
+    let mut scan = H5Scan::default();
+    for base in (0..data.len()).step_by(own.max(1)) {
+        scan.window(&data[base..], base as u64, own);
+    }
+    scan.finish()
 }
 
 #[cfg(test)]
@@ -828,6 +886,29 @@ mod tests {
                 .iter()
                 .any(|f| f.rule == rules::MALFORMED && f.verdict == Verdict::Inconclusive)
         );
+    }
+
+    #[test]
+    fn windows_find_what_one_pass_finds() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/format_fixtures");
+        let mut seen = 0;
+        for entry in fs_err::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "h5") {
+                let bytes = fs_err::read(&path).unwrap();
+                let whole = scan_h5(&bytes);
+                for own in [1, 100, 4096] {
+                    assert_eq!(
+                        windowed(&bytes, own),
+                        whole,
+                        "{} in windows of {own}",
+                        path.display()
+                    );
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "no .h5 fixtures in {dir}");
     }
 
     #[test]

@@ -410,3 +410,37 @@ fn mutated_format_files_never_panic_or_hang() {
         start.elapsed()
     );
 }
+
+/// A Keras HDF5 file larger than an archive member may be is read in bounded windows, not
+/// refused as inconclusive: a Lambda config 100 MiB in, in a sparse 1.1 GiB file, is found.
+#[test]
+fn a_large_hdf5_file_is_read_in_windows() {
+    use std::io::{Seek, SeekFrom, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("big.h5");
+    let mut f = fs_err::File::create(&path).unwrap();
+    f.write_all(b"\x89HDF\r\n\x1a\n\0\0\0\0").unwrap();
+    f.seek(SeekFrom::Start(100 << 20)).unwrap();
+    f.write_all(
+        br#"{"class_name": "Sequential", "config": {"layers": [{"class_name": "Lambda", "config": {"function": ["4wEAAAAAAAAA", null, null]}}]}}"#,
+    )
+    .unwrap();
+    f.set_len(1100 << 20).unwrap();
+    drop(f);
+    let r = Scanner::default().scan_path(&path);
+    assert_eq!(r.verdict, Verdict::Malicious, "{}", describe(&r));
+    assert_eq!(r.format, "keras-h5", "{}", describe(&r));
+    // Every byte once (and the sniffed head): overlaps between windows are not counted twice.
+    assert!(
+        (1100 << 20..(1100 << 20) + 4096).contains(&r.bytes_read),
+        "{} bytes read",
+        r.bytes_read
+    );
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.location.offset == Some(100 << 20)),
+        "{}",
+        describe(&r)
+    );
+}

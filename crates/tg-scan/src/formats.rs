@@ -125,6 +125,53 @@ fn is_tar(h: &[u8]) -> bool {
     stored == unsigned || i64::from(stored) == signed
 }
 
+/// Where the zlib data of a joblib (< 0.10) z-file starts, when `head` is one that
+/// `joblib.load` reads: `ZF`, then 19 bytes holding the uncompressed length as Python's
+/// `int(field, 16)` parses it, then (files of joblib <= 0.8.4) an optional space.
+fn joblib_zfile(head: &[u8]) -> Option<u64> {
+    let field = head.strip_prefix(b"ZF")?.get(..19)?;
+    python_hex_int(field)?;
+    Some(if head.get(21) == Some(&b' ') { 22 } else { 21 })
+}
+
+/// `int(field, 16)` as Python computes it for a non-negative result (surrounding whitespace,
+/// an optional `+` and `0x`, single underscores between digits), or `None` where it raises or
+/// is negative (joblib then fails before decompressing anything).
+fn python_hex_int(field: &[u8]) -> Option<u64> {
+    let is_space = |b: &u8| b.is_ascii_whitespace() || *b == 0x0b || (0x1c..=0x1f).contains(b);
+    let start = field.iter().position(|b| !is_space(b))?;
+    let end = field.iter().rposition(|b| !is_space(b))? + 1;
+    let mut digits = &field[start..end];
+    if let Some(rest) = digits.strip_prefix(b"+") {
+        digits = rest;
+    }
+    if let Some(rest) = digits
+        .strip_prefix(b"0x")
+        .or_else(|| digits.strip_prefix(b"0X"))
+    {
+        // `0x_1` is allowed: an underscore may follow the prefix.
+        digits = rest.strip_prefix(b"_").unwrap_or(rest);
+    }
+    if digits.is_empty() || digits.starts_with(b"_") || digits.ends_with(b"_") {
+        return None;
+    }
+    let mut value: u64 = 0;
+    let mut last_underscore = false;
+    for &b in digits {
+        if b == b'_' {
+            if last_underscore {
+                return None;
+            }
+            last_underscore = true;
+            continue;
+        }
+        last_underscore = false;
+        let d = char::from(b).to_digit(16)?;
+        value = value.saturating_mul(16).saturating_add(u64::from(d));
+    }
+    Some(value)
+}
+
 fn is_npy(h: &[u8]) -> bool {
     h.starts_with(b"\x93NUMPY")
 }
@@ -191,6 +238,9 @@ impl Cx<'_> {
             && let Some(o) = crate::onnx::scan(src, &mut self.bytes_read)
         {
             return o;
+        }
+        if let Some(data_at) = joblib_zfile(&head) {
+            return self.scan_joblib_zfile(src, data_at, depth);
         }
         if let Some(kind) = decompress::sniff(&head) {
             // zlib's magic is not a pickle opcode, so this never hides a raw pickle.
@@ -933,6 +983,36 @@ impl Cx<'_> {
         }
     }
 
+    /// A z-file of joblib before 0.10: a pickle compressed with zlib behind a 21-byte header.
+    /// `joblib.load` still reads these (`load_compatibility`), and unpickles what they hold.
+    fn scan_joblib_zfile(&mut self, src: &dyn ReadAt, data_at: u64, depth: u32) -> Outcome {
+        let mut out = Outcome::new("joblib-zfile");
+        let cap = self.scanner.limits.archive.max_member_bytes;
+        let size = src.size();
+        if size > cap {
+            return unreadable("joblib z-file", "larger than the member limit");
+        }
+        let raw = match self.read(src, data_at, size - data_at) {
+            Ok(r) => r,
+            Err(e) => return unreadable("joblib z-file", &e.to_string()),
+        };
+        match decompress::decompress(Compression::Zlib, &raw, cap) {
+            Ok(inner) => {
+                let o = self.scan(&inner.as_slice(), depth + 1);
+                out.notes
+                    .push(format!("joblib (< 0.10) z-file holding {}", o.format));
+                out.absorb(o, Some("<joblib z-file>"));
+            }
+            Err(e) => out.findings.push(Finding::new(
+                fr::UNREADABLE,
+                Verdict::Inconclusive,
+                format!("cannot decompress the joblib z-file: {e}"),
+                Location::default(),
+            )),
+        }
+        out
+    }
+
     fn scan_7z(&mut self, src: &dyn ReadAt, depth: u32) -> Outcome {
         let mut out = Outcome::new("7z");
         let cap = self.scanner.limits.archive.max_member_bytes;
@@ -1352,4 +1432,36 @@ fn dtype_itemsize(arena: &Arena, input: &[u8], dtype: Id) -> Result<Option<u64>,
         "?" => 1,
         _ => return Err(format!("dtype '{spec}' is not understood")),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joblib_zfile_lengths_parse_as_python_int_base_16() {
+        for (field, want) in [
+            (&b"0x139              "[..], Some(0x139)),
+            (b"  +0X_1_0 \t", Some(16)),
+            (b"ff", Some(255)),
+            (b"0x", None),
+            (b"-0x1", None),
+            (b"1__0", None),
+            (b"_1", None),
+            (b"1_", None),
+            (b"0x1g", None),
+            (b"   ", None),
+        ] {
+            assert_eq!(
+                python_hex_int(field),
+                want,
+                "{}",
+                String::from_utf8_lossy(field)
+            );
+        }
+        assert_eq!(joblib_zfile(b"ZF0x10               x\x9c"), Some(21));
+        assert_eq!(joblib_zfile(b"ZF0x10                x\x9c"), Some(22));
+        assert_eq!(joblib_zfile(b"ZFnot a length here x\x9c"), None);
+        assert_eq!(joblib_zfile(b"ZF0x10"), None);
+    }
 }

@@ -16,14 +16,17 @@
 //! in the optimizer hooks of a CPU training loop at every step (the word sums of every weight,
 //! copies of a few byte ranges). Through torch or NumPy they cost one dispatched call per
 //! tensor, which on a cold cache after an optimizer step costs as much as the memory pass
-//! itself; here they are one call per hook over NumPy views held as Python buffers. Reading a
-//! buffer's memory as a slice is `unsafe` in PyO3 0.30 (another thread could write it); the one
-//! place that does it uses the deprecated safe wrapper, with the reason next to it.
+//! itself; here they are one call per hook over NumPy views held as Python buffers. The pass
+//! over the weights is shared with a persistent worker thread (module `pass`), which reads the
+//! buffers' memory through a raw pointer: the crate's one `unsafe` block and its exception to
+//! the workspace's `unsafe_code = "forbid"`, with its SAFETY argument next to it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pyo3::IntoPyObjectExt as _;
-use pyo3::buffer::{Element, ElementType, PyBuffer, PyUntypedBuffer, ReadOnlyCell};
+use pyo3::buffer::{ElementType, PyBuffer, PyUntypedBuffer};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
@@ -372,18 +375,505 @@ fn read_tensors<'py>(
 // trainguard.watch: the reads its optimizer hooks make at every step, one call each.
 // ----------------------------------------------------------------------------------------------
 
-/// The integer words of one array, typed by their width.
-enum Words {
-    I64(PyBuffer<i64>),
-    I32(PyBuffer<i32>),
-    I16(PyBuffer<i16>),
-    U8(PyBuffer<u8>),
+/// The pass over the weights behind [`WordSums`]: the raw reads of tensor memory, and the worker
+/// thread that shares a pass with the calling thread.
+///
+/// A module of its own so that a [`Region`](pass::Region), the only thing the one `unsafe` read
+/// trusts, can only be made from a buffer.
+mod pass {
+    use std::panic::AssertUnwindSafe;
+    use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+    use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+    use std::time::{Duration, Instant};
+
+    use pyo3::buffer::PyUntypedBuffer;
+
+    /// The integer words a tensor is summed as: their width, signed but for `U8`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(super) enum Width {
+        I64,
+        I32,
+        I16,
+        U8,
+    }
+
+    impl Width {
+        /// `s`, a wrap-around sum of words of this width taken modulo 2^64, reduced to this
+        /// width and sign-extended (zero-extended for `U8`) to 64 bits: `int(sum) & (2**64 - 1)`.
+        fn extend(self, s: u64) -> u64 {
+            match self {
+                Width::I64 => s,
+                Width::I32 => i64::from(s as u32 as i32) as u64,
+                Width::I16 => i64::from(s as u16 as i16) as u64,
+                Width::U8 => u64::from(s as u8),
+            }
+        }
+    }
+
+    /// An integer word type: every bit pattern is a value, and sums wrap around.
+    trait Word: Copy + Default {
+        fn wrapping_add(self, other: Self) -> Self;
+        /// The value modulo 2^64 (any extension: sums are reduced to their width at the end).
+        fn widen(self) -> u64;
+    }
+
+    macro_rules! word {
+        ($($t:ty),*) => {$(
+            impl Word for $t {
+                fn wrapping_add(self, other: Self) -> Self {
+                    <$t>::wrapping_add(self, other)
+                }
+                fn widen(self) -> u64 {
+                    self as u64
+                }
+            }
+        )*};
+    }
+    word!(i64, i32, i16, u8);
+
+    /// The wrap-around sum of `x`, eight independent lanes so that it vectorises.
+    fn wrapping_sum<T: Word>(x: &[T]) -> T {
+        let mut lanes = [T::default(); 8];
+        let mut chunks = x.chunks_exact(8);
+        for c in &mut chunks {
+            for (lane, &v) in lanes.iter_mut().zip(c) {
+                *lane = lane.wrapping_add(v);
+            }
+        }
+        let mut s = chunks
+            .remainder()
+            .iter()
+            .fold(T::default(), |a, &v| a.wrapping_add(v));
+        for lane in lanes {
+            s = s.wrapping_add(lane);
+        }
+        s
+    }
+
+    /// Bytes `addr..addr + len` of the memory of a buffer that a `WordSums` holds.
+    ///
+    /// Made only from such a buffer ([`Region::of`]) and narrowed inside it ([`Region::sub`]);
+    /// read only through [`words`], during a `WordSums` method (see its SAFETY note).
+    #[derive(Clone, Copy, Debug)]
+    pub(super) struct Region {
+        addr: usize,
+        len: usize,
+    }
+
+    impl Region {
+        /// The memory of `buf`, which must be C-contiguous (a checked precondition).
+        pub(super) fn of(buf: &PyUntypedBuffer) -> Region {
+            assert!(buf.is_c_contiguous(), "a region of a non-contiguous buffer");
+            Region {
+                addr: buf.buf_ptr() as usize,
+                len: buf.len_bytes(),
+            }
+        }
+
+        /// Bytes `lo..hi` of this region.
+        fn sub(self, lo: usize, hi: usize) -> Region {
+            assert!(
+                lo <= hi && hi <= self.len,
+                "a sub-region outside its region"
+            );
+            Region {
+                addr: self.addr + lo,
+                len: hi - lo,
+            }
+        }
+
+        pub(super) fn len(self) -> usize {
+            self.len
+        }
+
+        /// The bytes.
+        pub(super) fn bytes(&self) -> &[u8] {
+            words(self)
+        }
+    }
+
+    /// The memory of `region` as `T`s (a remainder shorter than one `T` is not read).
+    ///
+    /// The one place where this crate reads memory through a raw pointer, and the reason for its
+    /// exception to the workspace's `unsafe_code = "forbid"` (python/Cargo.toml): a pass over the
+    /// weights runs on two threads, and PyO3's readers of a buffer need the GIL token, which
+    /// only the calling thread holds.
+    #[expect(
+        unsafe_code,
+        reason = "reads tensor memory on the pass worker thread, which cannot hold the GIL token"
+    )]
+    fn words<T: Word>(region: &Region) -> &[T] {
+        let n = region.len / std::mem::size_of::<T>();
+        if n == 0 {
+            return &[];
+        }
+        // SAFETY:
+        // - Valid and aligned for `n` `T`s: `region` lies inside the memory of a C-contiguous
+        //   buffer (`Region::of`, `Region::sub`) that a `WordSums` holds until it is dropped
+        //   (NumPy refuses to resize or free an array while a buffer of it is exported).
+        //   `WordSums::new` checked the buffer's alignment for its words, and `Pass::new` cuts
+        //   regions at multiples of 8 bytes from the start.
+        // - Read only while that `WordSums` lives: during its methods, which hold `&self`, by the
+        //   calling thread, and by the worker between claiming a pass and reporting it done,
+        //   which the method waits for before it returns, also when it unwinds (`Split`'s
+        //   `Drop`).
+        // - Not written while the slice lives: the memory is a tensor's, written by torch
+        //   kernels and NumPy calls, which Python code starts. The calling thread holds the GIL
+        //   for the whole method and does not release it, so no Python code runs anywhere until
+        //   it returns; in `trainguard.watch` it is the thread that ran the optimizer step, now
+        //   in its post-hook. (A program whose other threads write its weights while it steps,
+        //   from a kernel that released the GIL, already races with its own optimizer.)
+        // - Any bit pattern is a valid `T`: `Word` is implemented for plain integers only.
+        unsafe { std::slice::from_raw_parts(region.addr as *const T, n) }
+    }
+
+    /// The wrap-around sum of `region`'s words of `width`, modulo 2^64.
+    fn region_sum(width: Width, region: &Region) -> u64 {
+        match width {
+            Width::I64 => wrapping_sum(words::<i64>(region)).widen(),
+            Width::I32 => wrapping_sum(words::<i32>(region)).widen(),
+            Width::I16 => wrapping_sum(words::<i16>(region)).widen(),
+            Width::U8 => wrapping_sum(words::<u8>(region)).widen(),
+        }
+    }
+
+    /// Part of a tensor to sum: `region` of tensor `tensor`, as words of `width`.
+    #[derive(Clone, Copy, Debug)]
+    struct Piece {
+        tensor: usize,
+        width: Width,
+        region: Region,
+    }
+
+    /// Bytes per work item: small enough that the two threads finish within a few µs of each
+    /// other, large enough that handing items out costs nothing measurable (32 KiB items were
+    /// slower; 128 KiB to 512 KiB alike: bench/README.md).
+    const CHUNK: usize = 128 << 10;
+
+    /// The work of one pass over the weights, in items that either thread takes, the next one
+    /// free at a time: a slice of a large tensor, or a run of small ones. Immutable once built;
+    /// shared with the worker thread.
+    pub(super) struct Pass {
+        pieces: Vec<Piece>,
+        /// Item `k` is `pieces[items[k].0..items[k].1]`.
+        items: Vec<(usize, usize)>,
+        /// Per tensor, the width of its words.
+        widths: Vec<Width>,
+    }
+
+    impl Pass {
+        /// The items over `tensors` (their memory and words), last tensor first (in a training
+        /// loop the optimizer has just written the last ones, the likeliest to still be in a
+        /// cache). A tensor is cut at multiples of `CHUNK` bytes from its start, so every piece
+        /// stays aligned for its words; an item closes once it holds `CHUNK` bytes, so small
+        /// tensors share one.
+        pub(super) fn new(tensors: &[(Region, Width)]) -> Pass {
+            let mut pieces = Vec::new();
+            let mut items = Vec::new();
+            let mut first = 0;
+            let mut open = 0;
+            for (tensor, &(region, width)) in tensors.iter().enumerate().rev() {
+                let mut at = 0;
+                while at < region.len {
+                    let end = (at + CHUNK).min(region.len);
+                    pieces.push(Piece {
+                        tensor,
+                        width,
+                        region: region.sub(at, end),
+                    });
+                    open += end - at;
+                    at = end;
+                    if open >= CHUNK {
+                        items.push((first, pieces.len()));
+                        first = pieces.len();
+                        open = 0;
+                    }
+                }
+            }
+            if first < pieces.len() {
+                items.push((first, pieces.len()));
+            }
+            let widths = tensors.iter().map(|&(_, w)| w).collect();
+            Pass {
+                pieces,
+                items,
+                widths,
+            }
+        }
+
+        /// Takes items from `next` until none is left: per-tensor sums modulo 2^64, and the
+        /// bytes read.
+        fn take(&self, next: &AtomicUsize) -> (Vec<u64>, usize) {
+            let mut sums = vec![0u64; self.widths.len()];
+            let mut bytes = 0;
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(lo, hi)) = self.items.get(k) else {
+                    break;
+                };
+                for p in &self.pieces[lo..hi] {
+                    sums[p.tensor] = sums[p.tensor].wrapping_add(region_sum(p.width, &p.region));
+                    bytes += p.region.len;
+                }
+            }
+            (sums, bytes)
+        }
+    }
+
+    /// The pass worker: one thread, started on first use and kept, that takes items of the pass
+    /// a `WordSums::sums` call posts while the calling thread takes the others. The call waits
+    /// for it before it returns. Items are handed out one at a time, so a worker that starts
+    /// late (waking a sleeping thread takes 30-80 µs on a virtual machine, whose idle CPU
+    /// halts) or whose core is busy only takes fewer: the caller never waits for it to start,
+    /// only for the item it is on.
+    struct Worker {
+        /// `IDLE`, `POSTED`, `CLAIMED` or `DONE`.
+        state: AtomicU8,
+        /// The posted pass, set before the state becomes `POSTED`.
+        pass: Mutex<Option<Arc<Pass>>>,
+        /// The worker's sums and bytes, set before the state becomes `DONE`; None when it
+        /// panicked (the caller then redoes the pass alone).
+        result: Mutex<Option<(Vec<u64>, usize)>>,
+        /// Held to sleep on `posted` or `done`, and to signal them.
+        sleep: Mutex<()>,
+        /// Signalled when the state becomes `POSTED`.
+        posted: Condvar,
+        /// Signalled when the state becomes `DONE`.
+        done: Condvar,
+        /// The next item of the posted pass.
+        next: AtomicUsize,
+    }
+
+    /// No pass: the worker sleeps. Only the caller leaves this state.
+    const IDLE: u8 = 0;
+    /// A pass is posted: the worker claims it, or the caller withdraws it (back to `IDLE`).
+    const POSTED: u8 = 1;
+    /// The worker took the pass.
+    const CLAIMED: u8 = 2;
+    /// The worker is done with the pass: the caller reads the result and sets `IDLE`.
+    const DONE: u8 = 3;
+
+    /// How long the caller waits awake for the worker's last item before it sleeps.
+    const DONE_SPIN: Duration = Duration::from_micros(200);
+
+    static WORKER: Worker = Worker {
+        state: AtomicU8::new(IDLE),
+        pass: Mutex::new(None),
+        result: Mutex::new(None),
+        sleep: Mutex::new(()),
+        posted: Condvar::new(),
+        done: Condvar::new(),
+        next: AtomicUsize::new(0),
+    };
+
+    /// The worker thread: the process it was started in and its `pthread_t`; None when it
+    /// could not be started.
+    static WORKER_THREAD: OnceLock<Option<(u32, u64)>> = OnceLock::new();
+
+    /// `m` locked; nothing panics while holding these locks, and their data stays consistent.
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `cv.wait(guard)`, through a poisoned lock.
+    fn wait<'a>(cv: &Condvar, guard: MutexGuard<'a, ()>) -> MutexGuard<'a, ()> {
+        cv.wait(guard).unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The worker, started on first use; None when it cannot run here: it could not be
+    /// started, or this is a child forked after it was (the thread did not survive the fork,
+    /// and a lock may have been copied held).
+    fn worker() -> Option<&'static Worker> {
+        let started = WORKER_THREAD.get_or_init(|| {
+            let spawned = std::thread::Builder::new()
+                .name("trainguard-sums".to_owned())
+                .spawn(|| WORKER.serve());
+            spawned.ok().map(|h| (std::process::id(), pthread(&h)))
+        });
+        match *started {
+            Some((pid, _)) if pid == std::process::id() => Some(&WORKER),
+            _ => None,
+        }
+    }
+
+    /// Starts the worker if it is not running; whether it can run here.
+    pub(super) fn start_worker() -> bool {
+        worker().is_some()
+    }
+
+    /// The worker's `pthread_t`, for `time.pthread_getcpuclockid`; None before it was started
+    /// or where it cannot run.
+    pub(super) fn worker_thread() -> Option<u64> {
+        match WORKER_THREAD.get() {
+            Some(Some((pid, thread))) if *pid == std::process::id() => Some(*thread),
+            _ => None,
+        }
+    }
+
+    /// `h`'s `pthread_t`.
+    #[cfg(unix)]
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "`pthread_t` is a u64 on Linux, another integer or a pointer elsewhere"
+    )]
+    fn pthread(h: &std::thread::JoinHandle<()>) -> u64 {
+        use std::os::unix::thread::JoinHandleExt as _;
+        h.as_pthread_t() as u64
+    }
+
+    #[cfg(not(unix))]
+    fn pthread(_: &std::thread::JoinHandle<()>) -> u64 {
+        0
+    }
+
+    impl Worker {
+        /// The worker thread's loop.
+        fn serve(&self) {
+            loop {
+                let mut guard = lock(&self.sleep);
+                while self.state.load(Ordering::Acquire) != POSTED {
+                    guard = wait(&self.posted, guard);
+                }
+                drop(guard);
+                let claimed = self.state.compare_exchange(
+                    POSTED,
+                    CLAIMED,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                );
+                if claimed.is_err() {
+                    continue; // withdrawn meanwhile
+                }
+                let pass = lock(&self.pass).take();
+                let got = pass.and_then(|pass| {
+                    std::panic::catch_unwind(AssertUnwindSafe(|| pass.take(&self.next))).ok()
+                });
+                *lock(&self.result) = got;
+                let _guard = lock(&self.sleep);
+                self.state.store(DONE, Ordering::Release);
+                self.done.notify_one();
+            }
+        }
+
+        /// Posts `pass` and wakes the worker; false when another pass is in flight (cannot
+        /// happen while calls hold the GIL).
+        fn post(&self, pass: &Arc<Pass>) -> bool {
+            if self.state.load(Ordering::Acquire) != IDLE {
+                return false;
+            }
+            self.next.store(0, Ordering::Relaxed);
+            *lock(&self.pass) = Some(Arc::clone(pass));
+            self.state.store(POSTED, Ordering::Release);
+            let _guard = lock(&self.sleep);
+            self.posted.notify_one();
+            true
+        }
+
+        /// Withdraws the posted pass, or waits until the worker is done with it: its sums and
+        /// bytes (none when it never took it), None when it panicked. Leaves the state `IDLE`.
+        fn settle(&self) -> Option<(Vec<u64>, usize)> {
+            let withdrawn =
+                self.state
+                    .compare_exchange(POSTED, IDLE, Ordering::AcqRel, Ordering::Acquire);
+            if withdrawn.is_ok() {
+                lock(&self.pass).take();
+                return Some((Vec::new(), 0));
+            }
+            // Claimed: the worker is on its last item (every item is taken), a few µs. Wait
+            // awake, yielding the CPU (on a loaded machine the worker may be queued behind this
+            // thread), then asleep.
+            let done = || self.state.load(Ordering::Acquire) == DONE;
+            let until = Instant::now() + DONE_SPIN;
+            while !done() && Instant::now() < until {
+                std::thread::yield_now();
+            }
+            if !done() {
+                let mut guard = lock(&self.sleep);
+                while !done() {
+                    guard = wait(&self.done, guard);
+                }
+            }
+            let got = lock(&self.result).take();
+            self.state.store(IDLE, Ordering::Release);
+            got
+        }
+    }
+
+    /// A pass in progress, shared with the worker if it was posted; dropping it (also when
+    /// unwinding) waits for the worker to be done with it, or withdraws it if the worker never
+    /// took it.
+    pub(super) struct Split<'a> {
+        pass: &'a Arc<Pass>,
+        worker: Option<&'static Worker>,
+    }
+
+    impl<'a> Split<'a> {
+        /// Posts `pass` to the worker when `two` (and the worker can run and is free).
+        pub(super) fn start(pass: &'a Arc<Pass>, two: bool) -> Split<'a> {
+            let worker = if two { worker() } else { None };
+            let worker = worker.filter(|w| w.post(pass));
+            Split { pass, worker }
+        }
+
+        /// Takes the items left, waits for the worker: the per-tensor sums (reduced to their
+        /// words' width and extended to 64 bits), and the bytes the worker summed.
+        pub(super) fn finish(mut self) -> (Vec<u64>, usize) {
+            let alone = || self.pass.take(&AtomicUsize::new(0)).0;
+            let (sums, theirs) = match self.worker {
+                None => (alone(), 0),
+                Some(w) => {
+                    let (mut sums, _) = self.pass.take(&w.next);
+                    let got = w.settle();
+                    self.worker = None; // settled: nothing left for `drop`
+                    match got {
+                        Some((other, bytes)) => {
+                            for (s, o) in sums.iter_mut().zip(other) {
+                                *s = s.wrapping_add(o);
+                            }
+                            (sums, bytes)
+                        }
+                        None => (alone(), 0),
+                    }
+                }
+            };
+            let widths = &self.pass.widths;
+            let sums = sums.into_iter().zip(widths).map(|(s, w)| w.extend(s));
+            (sums.collect(), theirs)
+        }
+    }
+
+    impl Drop for Split<'_> {
+        fn drop(&mut self) {
+            if let Some(w) = self.worker.take() {
+                // Unwinding: let the worker run out of items, then wait for it.
+                w.next.store(usize::MAX / 2, Ordering::Relaxed);
+                w.settle();
+            }
+        }
+    }
+
+    /// Bytes below which a pass stays on one thread: waking the worker costs the caller tens
+    /// of µs on a virtual machine, which a pass of less than about 1 MiB does not repay
+    /// (bench/README.md).
+    const SPLIT_MIN_BYTES: usize = 1 << 20;
+
+    /// Whether a pass over `nbytes` is split over two threads by default: it is large enough,
+    /// and the process may run on more than one CPU (affinity and cgroup quota included).
+    pub(super) fn split_by_default(nbytes: usize) -> bool {
+        nbytes >= SPLIT_MIN_BYTES && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+    }
 }
 
-/// One tensor as `WordSums` reads it: its integer words (summed) and its bytes (copied).
+use pass::{Pass, Region, Split, Width};
+
+/// One tensor as `WordSums` reads it: the buffers of its words and bytes (held for as long as
+/// the `WordSums` lives: they keep the memory alive and unmoved), their memory, the words'
+/// width.
 struct Weights {
-    words: Words,
-    bytes: PyBuffer<u8>,
+    _words: PyUntypedBuffer,
+    _bytes: PyBuffer<u8>,
+    region: Region,
+    width: Width,
 }
 
 /// Bytes `lo..hi` of tensor `tensor`.
@@ -397,7 +887,7 @@ struct Span {
 /// The per-step reads of `trainguard.watch`'s host path over the tensors it fingerprints, in one
 /// call: the wrap-around sums of every tensor's integer words (the per-tensor part of the
 /// parameter fingerprint) and copies of byte ranges of them ("plans": the slice the positional
-/// hash covers at this step, the windows of the update check), taken while the sum reads them.
+/// hash covers at this step, the windows of the update check).
 ///
 /// Built once over NumPy views of each tensor's bytes as signed 64-, 32- or 16-bit or unsigned
 /// 8-bit words and as `uint8` (C-contiguous, aligned), and the plans: lists of
@@ -406,94 +896,45 @@ struct Span {
 /// `numpy.add.reduce(words, dtype=words.dtype)`, and is returned as 8 little-endian bytes,
 /// sign-extended (zero-extended for `uint8`): exactly `int(s) & (2**64 - 1)`. Wrap-around
 /// addition is exact and commutative, so the result does not depend on the summation order.
+///
+/// That is what lets the pass run on two threads ([`pass`]): from 1 MiB up, where the process
+/// may use more than one CPU, a persistent worker thread sums part of the tensors while the
+/// calling thread copies the plans and sums the rest, and the call returns once both are done.
+/// One thread or two, the result is the same bytes.
 #[pyclass(frozen, module = "trainguard", name = "WordSums")]
 struct WordSums {
     tensors: Vec<Weights>,
     plans: Vec<Vec<Span>>,
     nbytes: usize,
+    pass: Arc<Pass>,
+    /// Whether `sums` shares its pass with the worker.
+    two: bool,
+    /// Bytes the worker summed in the last `sums`.
+    worker_bytes: AtomicUsize,
 }
 
-/// The wrap-around sum of `x`, eight independent lanes so that it vectorises.
-fn wrapping_sum<T: Element + Copy + Default>(x: &[ReadOnlyCell<T>], add: fn(T, T) -> T) -> T {
-    let mut lanes = [T::default(); 8];
-    let mut chunks = x.chunks_exact(8);
-    for c in &mut chunks {
-        for (lane, v) in lanes.iter_mut().zip(c) {
-            *lane = add(*lane, v.get());
-        }
-    }
-    let mut s = chunks
-        .remainder()
-        .iter()
-        .fold(T::default(), |a, v| add(a, v.get()));
-    for lane in lanes {
-        s = add(s, lane);
-    }
-    s
-}
-
-/// The C-contiguous contents of `buf`, read through `ReadOnlyCell`s.
-#[expect(
-    deprecated,
-    reason = "PyO3 0.30 deprecates `as_slice` because another thread could write the memory \
-              while the slice is alive (a data race); its replacement is `unsafe`, which this \
-              workspace forbids, and a copy first (`copy_to_slice`) doubles the cost. The slices \
-              live for one call of `WordSums`, made with the GIL held by the thread that runs \
-              the optimizer step that writes these tensors: the reads NumPy's reduction made."
-)]
-fn cells<'a, T: Element>(buf: &'a PyBuffer<T>, py: Python<'a>) -> PyResult<&'a [ReadOnlyCell<T>]> {
-    buf.as_slice(py)
-        .ok_or_else(|| PyValueError::new_err("WordSums: an array is no longer C-contiguous"))
-}
-
-/// `src` into `dst` (the same length).
-fn copy_cells(dst: &mut [u8], src: &[ReadOnlyCell<u8>]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = s.get();
-    }
-}
-
-/// The words of array `i`, typed by their width.
-fn typed_words(i: usize, a: &Bound<'_, PyAny>) -> PyResult<Words> {
+/// The words of array `i` as a buffer, and their width.
+fn typed_words(i: usize, a: &Bound<'_, PyAny>) -> PyResult<(PyUntypedBuffer, Width)> {
     let buf = PyUntypedBuffer::get(a)?;
     if !buf.is_c_contiguous() {
         return Err(PyValueError::new_err(format!(
             "WordSums: words {i} are not C-contiguous"
         )));
     }
-    Ok(match ElementType::from_format(buf.format()) {
-        ElementType::SignedInteger { bytes: 8 } => Words::I64(buf.into_typed()?),
-        ElementType::SignedInteger { bytes: 4 } => Words::I32(buf.into_typed()?),
-        ElementType::SignedInteger { bytes: 2 } => Words::I16(buf.into_typed()?),
-        ElementType::UnsignedInteger { bytes: 1 } => Words::U8(buf.into_typed()?),
+    // `as_typed` checks the format, the item size and the alignment for the words.
+    let width = match ElementType::from_format(buf.format()) {
+        ElementType::SignedInteger { bytes: 8 } => buf.as_typed::<i64>().map(|_| Width::I64),
+        ElementType::SignedInteger { bytes: 4 } => buf.as_typed::<i32>().map(|_| Width::I32),
+        ElementType::SignedInteger { bytes: 2 } => buf.as_typed::<i16>().map(|_| Width::I16),
+        ElementType::UnsignedInteger { bytes: 1 } => buf.as_typed::<u8>().map(|_| Width::U8),
         other => {
             return Err(PyValueError::new_err(format!(
                 "WordSums: words {i} must be int64, int32, int16 or uint8, not {other:?} ({:?})",
                 buf.format()
             )));
         }
-    })
-}
-
-impl Words {
-    fn untyped(&self) -> &PyUntypedBuffer {
-        match self {
-            Words::I64(b) => b,
-            Words::I32(b) => b,
-            Words::I16(b) => b,
-            Words::U8(b) => b,
-        }
-    }
-
-    /// The wrap-around sum, sign-extended (zero-extended for `u8`) to 64 bits.
-    fn sum(&self, py: Python<'_>) -> PyResult<u64> {
-        Ok(match self {
-            Words::I64(b) => wrapping_sum(cells(b, py)?, i64::wrapping_add) as u64,
-            Words::I32(b) => i64::from(wrapping_sum(cells(b, py)?, i32::wrapping_add)) as u64,
-            Words::I16(b) => i64::from(wrapping_sum(cells(b, py)?, i16::wrapping_add)) as u64,
-            Words::U8(b) => u64::from(wrapping_sum(cells(b, py)?, u8::wrapping_add)),
-        })
-    }
+    }?;
+    Ok((buf, width))
 }
 
 impl WordSums {
@@ -503,17 +944,47 @@ impl WordSums {
             .map(Vec::as_slice)
             .ok_or_else(|| PyValueError::new_err(format!("WordSums: no plan {i}")))
     }
+
+    /// The bytes of `span` (inside its tensor: checked by `new`).
+    fn bytes(&self, span: &Span) -> &[u8] {
+        &self.tensors[span.tensor].region.bytes()[span.lo..span.hi]
+    }
+
+    /// The bytes of the plans named, concatenated, into `out`.
+    fn copy_plans(&self, plans: &[usize], out: &mut [u8]) -> PyResult<()> {
+        let mut at = 0;
+        for &i in plans {
+            for span in self.plan(i)? {
+                let src = self.bytes(span);
+                out[at..at + src.len()].copy_from_slice(src);
+                at += src.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes the plans named copy.
+    fn plans_len(&self, plans: &[usize]) -> PyResult<usize> {
+        let mut len = 0;
+        for &i in plans {
+            len += self.plan(i)?.iter().map(|s| s.hi - s.lo).sum::<usize>();
+        }
+        Ok(len)
+    }
 }
 
 #[pymethods]
 impl WordSums {
     /// `words[i]` and `data[i]` view the same tensor; `plans` are lists of `(tensor, lo, hi)`.
+    /// `threads`: 1 or 2 puts every pass on one thread or two (tests, benchmarks); None lets
+    /// the size and the CPUs the process may use decide.
     #[new]
-    #[pyo3(signature = (words, data, plans = Vec::new()))]
+    #[pyo3(signature = (words, data, plans = Vec::new(), threads = None))]
     fn new(
         words: Vec<Bound<'_, PyAny>>,
         data: Vec<Bound<'_, PyAny>>,
         plans: Vec<Vec<(usize, usize, usize)>>,
+        threads: Option<usize>,
     ) -> PyResult<Self> {
         if words.len() != data.len() {
             return Err(PyValueError::new_err(
@@ -523,25 +994,30 @@ impl WordSums {
         let mut tensors = Vec::with_capacity(words.len());
         let mut nbytes = 0;
         for (i, (w, b)) in words.iter().zip(&data).enumerate() {
-            let words = typed_words(i, w)?;
+            let (words, width) = typed_words(i, w)?;
             let bytes = PyBuffer::<u8>::get(b)?;
+            let len = bytes.len_bytes();
             // An empty array's address is whatever NumPy allocated for it: nothing to compare.
-            let same = bytes.len_bytes() == words.untyped().len_bytes()
-                && (bytes.len_bytes() == 0 || bytes.buf_ptr() == words.untyped().buf_ptr());
+            let same = len == words.len_bytes() && (len == 0 || bytes.buf_ptr() == words.buf_ptr());
             if !bytes.is_c_contiguous() || !same {
                 return Err(PyValueError::new_err(format!(
                     "WordSums: data {i} is not the bytes of words {i}, C-contiguous"
                 )));
             }
-            nbytes += bytes.len_bytes();
-            tensors.push(Weights { words, bytes });
+            nbytes += len;
+            tensors.push(Weights {
+                region: Region::of(&words),
+                width,
+                _words: words,
+                _bytes: bytes,
+            });
         }
         let plans = plans
             .into_iter()
             .map(|plan| {
                 plan.into_iter()
                     .map(|(tensor, lo, hi)| {
-                        let len = tensors.get(tensor).map(|t| t.bytes.len_bytes());
+                        let len = tensors.get(tensor).map(|t| t.region.len());
                         match len {
                             Some(len) if lo <= hi && hi <= len => Ok(Span { tensor, lo, hi }),
                             _ => Err(PyValueError::new_err(format!(
@@ -552,59 +1028,52 @@ impl WordSums {
                     .collect::<PyResult<Vec<_>>>()
             })
             .collect::<PyResult<_>>()?;
+        let two = match threads {
+            None => pass::split_by_default(nbytes),
+            Some(1) => false,
+            Some(2) => true,
+            Some(n) => {
+                return Err(PyValueError::new_err(format!(
+                    "WordSums: threads must be 1, 2 or None, not {n}"
+                )));
+            }
+        };
+        // Started now rather than at the first step; where it cannot run, one thread.
+        let two = two && pass::start_worker();
+        let layout: Vec<_> = tensors.iter().map(|t| (t.region, t.width)).collect();
         Ok(Self {
+            pass: Arc::new(Pass::new(&layout)),
             tensors,
             plans,
             nbytes,
+            two,
+            worker_bytes: AtomicUsize::new(0),
         })
     }
 
     /// The sums, 8 little-endian bytes per tensor in order, then the bytes of the plans named,
-    /// each in order. The tensors are read last to first (in a training loop the optimizer has
-    /// just written the last ones, the likeliest to still be in cache), each one's spans copied
-    /// just before its sum reads it.
+    /// each in order. The calling thread posts the pass to the worker (when it is shared),
+    /// copies the plans while the worker wakes up, then both sum, last tensor first.
     #[pyo3(signature = (*plans))]
     fn sums<'py>(&self, py: Python<'py>, plans: Vec<usize>) -> PyResult<Bound<'py, PyBytes>> {
-        let n = self.tensors.len();
-        let mut copies: Vec<(Span, usize)> = Vec::new();
-        let mut at = 8 * n;
-        for &i in &plans {
-            for &span in self.plan(i)? {
-                copies.push((span, at));
-                at += span.hi - span.lo;
+        let n8 = 8 * self.tensors.len();
+        let len = n8 + self.plans_len(&plans)?;
+        PyBytes::new_with(py, len, |out| {
+            let split = Split::start(&self.pass, self.two);
+            self.copy_plans(&plans, &mut out[n8..])?;
+            let (sums, theirs) = split.finish();
+            for (dst, s) in out[..n8].chunks_exact_mut(8).zip(sums) {
+                dst.copy_from_slice(&s.to_le_bytes());
             }
-        }
-        copies.sort_by_key(|(span, _)| span.tensor);
-        PyBytes::new_with(py, at, |out| {
-            for (i, t) in self.tensors.iter().enumerate().rev() {
-                let first = copies.partition_point(|(span, _)| span.tensor < i);
-                let spans = copies[first..]
-                    .iter()
-                    .take_while(|(span, _)| span.tensor == i);
-                for &(span, at) in spans {
-                    let src = &cells(&t.bytes, py)?[span.lo..span.hi];
-                    copy_cells(&mut out[at..at + src.len()], src);
-                }
-                let s = t.words.sum(py)?;
-                out[8 * i..8 * i + 8].copy_from_slice(&s.to_le_bytes());
-            }
+            self.worker_bytes.store(theirs, Ordering::Relaxed);
             Ok(())
         })
     }
 
     /// The bytes of plan `plan`, without the sums.
     fn copy<'py>(&self, py: Python<'py>, plan: usize) -> PyResult<Bound<'py, PyBytes>> {
-        let spans = self.plan(plan)?;
-        let len = spans.iter().map(|s| s.hi - s.lo).sum();
-        PyBytes::new_with(py, len, |out| {
-            let mut at = 0;
-            for span in spans {
-                let src = &cells(&self.tensors[span.tensor].bytes, py)?[span.lo..span.hi];
-                copy_cells(&mut out[at..at + src.len()], src);
-                at += src.len();
-            }
-            Ok(())
-        })
+        let len = self.plans_len(&[plan])?;
+        PyBytes::new_with(py, len, |out| self.copy_plans(&[plan], out))
     }
 
     fn __len__(&self) -> usize {
@@ -616,6 +1085,30 @@ impl WordSums {
     fn nbytes(&self) -> usize {
         self.nbytes
     }
+
+    /// The threads `sums()` runs its pass on: 1, or 2 with the worker (1 in a child forked
+    /// after the worker started: the thread did not survive the fork).
+    #[getter]
+    fn threads(&self) -> usize {
+        if self.two && pass::worker_thread().is_some() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Bytes the worker thread summed in the last `sums()` (0 on one thread).
+    #[getter]
+    fn worker_bytes(&self) -> usize {
+        self.worker_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// The `pthread_t` of the thread that shares `WordSums.sums` passes, for
+/// `time.pthread_getcpuclockid`; None before it was started (or where it cannot run).
+#[pyfunction]
+fn sums_worker_thread() -> Option<u64> {
+    pass::worker_thread()
 }
 
 /// Copies of a fixed list of byte arrays, concatenated: the windows of optimizer state that
@@ -724,5 +1217,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_path, m)?)?;
     m.add_function(wrap_pyfunction!(check_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(read_tensors, m)?)?;
+    m.add_function(wrap_pyfunction!(sums_worker_thread, m)?)?;
     Ok(())
 }

@@ -156,8 +156,23 @@ def _pair(tmp_path, name, steps, tamper, **kw):
     return [e["step"] for e, f in zip(a, b) if e["param_fingerprint"] != f["param_fingerprint"]], b
 
 
+def test_the_bulk_data_pointer_check_is_torch_s_and_trusted():
+    check = tw._bulk_ptr_check()
+    if check is None:  # a torch without it: the per-tensor check is used
+        assert not hasattr(torch._C, "_tensors_data_ptrs_at_indices_equal")
+        return
+    a, b = torch.zeros(3), torch.zeros(0)
+    ptrs = [a.data_ptr(), b.data_ptr()]
+    assert check([a, b], ptrs, [0, 1]) is True
+    a.data = torch.ones(3)
+    assert check([a, b], ptrs, [0, 1]) is False
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk-check", "per-tensor-check"])
 @pytest.mark.parametrize("how", ["changed", "changed-at-an-offset", "same-values"])
-def test_a_parameter_replaced_through_data_is_read_from_its_new_memory(how, tmp_path):
+def test_a_parameter_replaced_through_data_is_read_from_its_new_memory(how, bulk, tmp_path, monkeypatch):
+    if not bulk:
+        monkeypatch.setattr(tw, "_bulk_ptr_check", lambda: None)
     def tamper(step, model, opt):
         if step != 3:
             return
@@ -170,7 +185,7 @@ def test_a_parameter_replaced_through_data_is_read_from_its_new_memory(how, tmp_
                 new = torch.cat([torch.zeros(1), new.view(-1)])[1:].view_as(p)
         p.data = new
 
-    differing, steps = _pair(tmp_path, f"data-{how}", 6, tamper, full_every=0)
+    differing, steps = _pair(tmp_path, f"data-{how}-{bulk}", 6, tamper, full_every=0)
     assert differing == ([] if how == "same-values" else [4, 5, 6])
     # The step during which a parameter moved has no update check (its windows before the step
     # are the old memory's); the others follow the new memory (no false alarm).

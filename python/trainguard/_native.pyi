@@ -83,7 +83,9 @@ class WordSums:
     """Wrap-around sums of the integer words of fixed tensors, and copies of byte ranges of them.
 
     `words[i]` and `data[i]` are views of the same bytes: as int64, int32, int16 or uint8 words
-    and as uint8 (C-contiguous). `plans` are lists of `(tensor, lo, hi)` byte ranges.
+    and as uint8 (C-contiguous). `plans` are lists of `(tensor, lo, hi)` byte ranges. From 1 MiB
+    up (where the process may use more than one CPU) each `sums()` shares its pass with a
+    persistent worker thread; `threads` (1 or 2) forces one way. The bytes are the same.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class WordSums:
         words: list[object],
         data: list[object],
         plans: list[list[tuple[int, int, int]]] = ...,
+        threads: int | None = None,
     ) -> None: ...
     def sums(self, *plans: int) -> bytes:
         """8 little-endian bytes per tensor (its sum, sign-extended), then each plan's bytes."""
@@ -99,6 +102,16 @@ class WordSums:
     def __len__(self) -> int: ...
     @property
     def nbytes(self) -> int: ...
+    @property
+    def threads(self) -> int:
+        """1, or 2 when `sums()` shares its pass with the worker thread."""
+    @property
+    def worker_bytes(self) -> int:
+        """Bytes the worker thread summed in the last `sums()`."""
+
+def sums_worker_thread() -> int | None:
+    """The `pthread_t` of the `WordSums` worker thread (for `time.pthread_getcpuclockid`), or
+    None before it was started."""
 
 class Gather:
     """Copies of fixed uint8 arrays, concatenated; None once a guard's `dict[key]` is another

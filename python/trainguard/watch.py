@@ -56,12 +56,13 @@ The training thread only takes what must be read at the step (the windows, the w
 generator states, a copy of the hashed slice); hashing, the update check's arithmetic, building
 the event and JSON happen on the sender thread. On the CPU the reads are native
 (``trainguard._native``: ``WordSums``, ``Gather``): at each step one call sums every tensor's
-words and copies the slice and the windows in the same pass over the weights, one more copies
-the optimizer state the check needs, and one the windows before the step; the NumPy views they
-read are re-derived only when a tensor moves. A step's record is queued at the next step (or
-`close()`), so
-`log(loss=...)` after `optimizer.step()` attaches to it; on CUDA it waits, without a host sync,
-until its events and copies completed.
+words and copies the slice and the windows in the same pass over the weights (from 1 MiB of
+weights up, where the process may use a second CPU, a persistent native worker thread sums part
+of them meanwhile; the call returns once both are done), one more copies the optimizer state
+the check needs, and one the windows before the step; the NumPy views they read are re-derived
+only when a tensor moves (one call checks every data pointer). A step's record is queued at the
+next step (or `close()`), so `log(loss=...)` after `optimizer.step()` attaches to it; on CUDA it
+waits, without a host sync, until its events and copies completed.
 `close()` (or leaving the `with` block without an exception) sends a `process_exit` with status 0,
 so a finished rank is not reported missing; after an exception no exit is claimed.
 
@@ -846,6 +847,8 @@ class _Tracked:
         self.windows: list[list[tuple[int, int, int]]] = []
         self.empty = torch.empty(0)
         self._data_ptr = torch.Tensor.data_ptr
+        self._same_ptrs = _bulk_ptr_check()
+        self._indices: list[int] = []  # 0..len(ptrs), for `_same_ptrs`
         self.ptrs: Optional[list[int]] = None  # while the cached views are valid
         self.last: Optional[list[int]] = None  # the parameters' addresses in generation `gen`
         self.gen = 0
@@ -875,6 +878,22 @@ class _Tracked:
             b = table.get(name)
             out.append(b if b is not None else empty)
         return out
+
+    def unmoved(self, tensors: list[Any]) -> bool:
+        """Whether the cached views are still valid for `tensors` (this step's `tensors()`): every
+        tensor at the data pointer they were derived at, every buffer the same object."""
+        ptrs = self.ptrs
+        if ptrs is None:
+            return False
+        if self.buffers and not all(map(_is, self.objs, tensors[len(self.params):])):
+            return False
+        same = self._same_ptrs
+        if same is not None:
+            try:
+                return same(tensors, ptrs, self._indices)
+            except (TypeError, RuntimeError):  # another signature in another torch: the plain way
+                self._same_ptrs = None
+        return list(map(self._data_ptr, tensors)) == ptrs
 
     def refresh(self, tensors: list[Any], ptrs: Optional[list[int]] = None) -> None:
         """Re-derive the word views when a tensor moved (or every time for non-contiguous ones)."""
@@ -917,6 +936,26 @@ class _Tracked:
         self.objs = tensors[len(self.params):]
         # A non-contiguous tensor's words are a copy, taken now: re-derived at every read.
         self.ptrs = ptrs if all(t.is_contiguous() for t in tensors) else None
+        self._indices = list(range(len(ptrs)))
+
+
+def _bulk_ptr_check() -> Optional[Callable[[list, list, list], bool]]:
+    """torch's one-call check that tensors are at given data pointers (``tensors[i].data_ptr() ==
+    ptrs[i]`` for every index given; C++, no per-tensor Python call or int object), or None where
+    this torch has none. It is private (written for CUDA graph trees, torch >= 2.1), so it is
+    checked once on a tensor that moved and one that did not before it is trusted."""
+    import torch
+
+    check = getattr(torch._C, "_tensors_data_ptrs_at_indices_equal", None)
+    if check is None:
+        return None
+    a, b = torch.zeros(2), torch.zeros(2)
+    try:
+        ok = check([a, b], [a.data_ptr(), b.data_ptr()], [0, 1]) is True
+        ok = ok and check([a, b[1:]], [a.data_ptr(), b.data_ptr()], [0, 1]) is False
+    except (TypeError, RuntimeError):
+        return None
+    return check if ok else None
 
 
 def _buffers_differ_by_design(model: Any) -> bool:
@@ -1580,9 +1619,8 @@ class Watch:
         `bytes`. Arithmetic and hashing wait for `_finish`."""
         tr = self._tracked
         tensors = tr.tensors() if tr.buffers else tr.params
-        ptrs = list(map(tr._data_ptr, tensors))
-        if ptrs != tr.ptrs or (tr.buffers and not all(map(_is, tr.objs, tensors[len(tr.params):]))):
-            tr.refresh(tensors, ptrs)
+        if not tr.unmoved(tensors):
+            tr.refresh(tensors, list(map(tr._data_ptr, tensors)))
         out: dict[str, Any] = {"n8": 8 * len(tensors)}
         chunk, self._chunk = self._chunk, None
         plan = None

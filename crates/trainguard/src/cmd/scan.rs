@@ -158,7 +158,7 @@ pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
         Some(n) if n > 0 => n,
         // One scanning thread per core besides the one that walks: the walk is mostly system
         // calls and leaves its core partly idle, and on this 2-core benchmark machine 3 threads
-        // scanned the corpus 11% and a mixed-format folder 12% faster than 2 (bench/README.md).
+        // scanned the corpus 8-11% and a mixed-format folder 8-12% faster than 2 (bench/README.md).
         _ => std::thread::available_parallelism().map_or(1, usize::from) + 1,
     };
     let bar = (!args.no_progress && std::io::stderr().is_terminal()).then(|| {

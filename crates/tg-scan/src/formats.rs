@@ -244,7 +244,7 @@ impl Cx<'_> {
         }
         if let Some(kind) = decompress::sniff(&head) {
             // zlib's magic is not a pickle opcode, so this never hides a raw pickle.
-            return self.scan_compressed(src, kind, depth);
+            return self.scan_compressed(src, 0, kind, depth);
         }
         let mut out = self.scan_stream_file(src);
         // A zip appended to another file still opens with zipfile-based loaders (numpy,
@@ -949,7 +949,15 @@ impl Cx<'_> {
 
     // ---------- compressed wrappers and 7z ----------
 
-    fn scan_compressed(&mut self, src: &dyn ReadAt, kind: Compression, depth: u32) -> Outcome {
+    /// The `kind`-compressed stream that starts at `at` in `src` (after a wrapper's header, if
+    /// any), decompressed under the member cap and scanned.
+    fn scan_compressed(
+        &mut self,
+        src: &dyn ReadAt,
+        at: u64,
+        kind: Compression,
+        depth: u32,
+    ) -> Outcome {
         let cap = self.scanner.limits.archive.max_member_bytes;
         let size = src.size();
         if size > cap {
@@ -958,7 +966,7 @@ impl Cx<'_> {
                 "compressed file is larger than the member limit",
             );
         }
-        let raw = match self.read(src, 0, size) {
+        let raw = match self.read(src, at, size.saturating_sub(at)) {
             Ok(r) => r,
             Err(e) => return unreadable(&kind.to_string(), &e.to_string()),
         };
@@ -986,30 +994,12 @@ impl Cx<'_> {
     /// A z-file of joblib before 0.10: a pickle compressed with zlib behind a 21-byte header.
     /// `joblib.load` still reads these (`load_compatibility`), and unpickles what they hold.
     fn scan_joblib_zfile(&mut self, src: &dyn ReadAt, data_at: u64, depth: u32) -> Outcome {
-        let mut out = Outcome::new("joblib-zfile");
-        let cap = self.scanner.limits.archive.max_member_bytes;
-        let size = src.size();
-        if size > cap {
-            return unreadable("joblib z-file", "larger than the member limit");
-        }
-        let raw = match self.read(src, data_at, size - data_at) {
-            Ok(r) => r,
-            Err(e) => return unreadable("joblib z-file", &e.to_string()),
-        };
-        match decompress::decompress(Compression::Zlib, &raw, cap) {
-            Ok(inner) => {
-                let o = self.scan(&inner.as_slice(), depth + 1);
-                out.notes
-                    .push(format!("joblib (< 0.10) z-file holding {}", o.format));
-                out.absorb(o, Some("<joblib z-file>"));
-            }
-            Err(e) => out.findings.push(Finding::new(
-                fr::UNREADABLE,
-                Verdict::Inconclusive,
-                format!("cannot decompress the joblib z-file: {e}"),
-                Location::default(),
-            )),
-        }
+        let mut out = self.scan_compressed(src, data_at, Compression::Zlib, depth);
+        out.format = "joblib-zfile";
+        out.notes.insert(
+            0,
+            "joblib (< 0.10) z-file: a 21-byte header, then zlib".into(),
+        );
         out
     }
 

@@ -672,6 +672,11 @@ pub(crate) fn scan_h5(bytes: &[u8]) -> (Vec<Finding>, Vec<String>) {
 /// in the window can be parsed whole, and a gadget name that starts there is seen whole.
 pub(crate) const H5_OVERLAP: u64 = MAX_CONFIG;
 
+/// The names looked for anywhere in an HDF5 file, in `H5Scan::gadgets` order.
+fn h5_names() -> impl Iterator<Item = &'static &'static str> {
+    GADGET_STRINGS.iter().chain(&["\"Lambda\""])
+}
+
 /// The Keras configs of an HDF5 file, read window by window so that memory stays bounded
 /// whatever the file's size: each window is the file from `base`, its own part (where configs
 /// and names may start) followed by [`H5_OVERLAP`] bytes of the next.
@@ -729,8 +734,7 @@ impl H5Scan {
             }
         }
         self.next = self.next.max(base + at as u64);
-        let names = GADGET_STRINGS.iter().chain(&["\"Lambda\""]);
-        for (seen, g) in self.gadgets.iter_mut().zip(names) {
+        for (seen, g) in self.gadgets.iter_mut().zip(h5_names()) {
             if seen.is_none()
                 && let Some(p) = find(bytes, g.as_bytes()).filter(|&p| p < own)
             {
@@ -746,8 +750,7 @@ impl H5Scan {
             notes.push("HDF5 file without a Keras model config".into());
         }
         // Gadget names outside any parsed config (a config split across HDF5 chunks).
-        let names = GADGET_STRINGS.iter().chain(&["\"Lambda\""]);
-        for (seen, g) in self.gadgets.iter().zip(names) {
+        for (seen, g) in self.gadgets.iter().zip(h5_names()) {
             if let Some(p) = *seen
                 && !self
                     .findings

@@ -338,14 +338,19 @@ fn scan_all(
     for (i, scanned) in done {
         by_job[i] = Some(scanned);
     }
+    let scanned_as = jobs
+        .queue
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .paths;
     let scanned = found
         .into_iter()
         .filter_map(|f| {
-            let (mut report, mut line) = by_job.get_mut(f.job?)?.take()?;
-            let name = f.path.display().to_string();
-            if report.path != name {
+            let job = f.job?;
+            let (mut report, mut line) = by_job.get_mut(job)?.take()?;
+            if scanned_as.get(job).is_some_and(|p| *p != f.path) {
                 // The same file was scanned under another of its names: report it under this one.
-                report.path = name;
+                report.path = f.path.display().to_string();
                 line = line.map(|_| tg_report::jsonl::line(&report));
             }
             Some((report, line))

@@ -18,6 +18,6 @@ pub mod names;
 mod op;
 mod value;
 
-pub use machine::{AfterBuild, Analysis, End, Event, Hook, Limits, NoHook, Options, analyze};
+pub use machine::{AfterBuild, Analysis, End, Event, Hook, Limits, Need, NoHook, Options, analyze};
 pub use op::Opcode;
 pub use value::{Arena, Bytes, Call, GlobalName, Id, Value};

@@ -219,6 +219,22 @@ pub struct Analysis {
     pub skipped: Vec<(u64, u64)>,
     /// Nested pickles read from the stream at a hook's request: (offset, analysis).
     pub nested: Vec<(u64, Analysis)>,
+    /// What more input the machine wanted, when it ended with [`End::NeedMore`].
+    pub need: Need,
+}
+
+/// The input an analysis that ended with [`End::NeedMore`] was missing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Need {
+    /// The offset the input must reach for the current opcode (0: not known, as for a
+    /// newline-terminated argument).
+    pub end: u64,
+    /// Where the contents of a `bytes` or `bytearray` object start, when those contents (up to
+    /// `end`) are all that is missing. The machine never reads such contents: it records their
+    /// span ([`crate::Bytes::Input`]), so a caller may hand it a buffer in which they were
+    /// left unread, as long as nothing reads that span afterwards (a hook, or a judge
+    /// rendering or following the value).
+    pub contents: Option<u64>,
 }
 
 impl Analysis {
@@ -272,6 +288,7 @@ fn analyze_depth(
         depth,
         op_end: None,
         elided_float: None,
+        need: Need::default(),
     };
     let end = m.run(hook);
     Analysis {
@@ -283,6 +300,7 @@ fn analyze_depth(
         ops: m.ops,
         skipped: m.skipped,
         nested: m.nested,
+        need: m.need,
     }
 }
 
@@ -364,6 +382,8 @@ struct Machine<'a> {
     elided_float: Option<Id>,
     /// Where the current opcode's own bytes end, when a hook then skipped raw data.
     op_end: Option<usize>,
+    /// What the input lacked when reading stopped with [`Halt::NeedMore`].
+    need: Need,
 }
 
 /// Why one step stopped the loop.
@@ -420,7 +440,10 @@ impl<'a> Machine<'a> {
     fn take(&mut self, n: usize) -> Step<(usize, &'a [u8])> {
         let start = self.pos;
         let end = start.checked_add(n).ok_or_else(|| self.eof())?;
-        let bytes = self.input.get(start..end).ok_or_else(|| self.eof())?;
+        let Some(bytes) = self.input.get(start..end) else {
+            self.need.end = end as u64;
+            return Err(self.eof());
+        };
         self.pos = end;
         Ok((start, bytes))
     }
@@ -759,6 +782,7 @@ impl<'a> Machine<'a> {
                     .checked_add(len)
                     .ok_or(Halt::Error("FRAME length overflows".into()))?;
                 if end > self.input.len() && !self.opts.complete {
+                    self.need.end = end as u64;
                     return Err(Halt::NeedMore);
                 }
                 if end > self.input.len() {
@@ -915,7 +939,10 @@ impl<'a> Machine<'a> {
                 };
                 let n = self.take_len(width)?;
                 let n = usize::try_from(n).map_err(|_| self.eof())?;
-                let (start, _) = self.take(n)?;
+                let start = self.pos;
+                let (start, _) = self
+                    .take(n)
+                    .inspect_err(|_| self.need.contents = Some(start as u64))?;
                 self.bytes_value(start, n, op == ByteArray8)?;
             }
             NextBuffer => {
@@ -1167,6 +1194,7 @@ impl<'a> Machine<'a> {
                         let inner = analyze_depth(self.input, at, self.opts, hook, self.depth + 1);
                         let ok = inner.stopped();
                         let need_more = inner.end == End::NeedMore;
+                        self.need = inner.need;
                         self.pos = usize::try_from(inner.consumed).unwrap_or(usize::MAX);
                         self.nested.push((at as u64, inner));
                         if need_more {

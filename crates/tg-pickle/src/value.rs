@@ -123,6 +123,9 @@ pub struct Call {
 #[derive(Debug, Default)]
 pub struct Arena {
     values: Vec<Value>,
+    /// The span of the input covering every `Bytes::Input` contents read so far through
+    /// [`Arena::as_bytes`].
+    read: std::cell::Cell<Option<(usize, usize)>>,
 }
 
 /// Emptied value vectors, shared by every thread: a scan's threads come and go, and memory one
@@ -147,7 +150,10 @@ impl Arena {
     pub(crate) fn with_capacity(n: usize) -> Self {
         let mut values = spare().pop().unwrap_or_default();
         values.reserve(n);
-        Arena { values }
+        Arena {
+            values,
+            read: std::cell::Cell::new(None),
+        }
     }
 
     /// The value at `id`.
@@ -175,6 +181,14 @@ impl Arena {
         self.values.is_empty()
     }
 
+    /// The smallest span of the analysed buffer that covers the contents of every `bytes`
+    /// value read through [`Arena::as_bytes`] (rendering, judging); `None` if none was. The
+    /// machine itself never reads those contents, so a caller that left them unread can tell
+    /// whether anything depended on them.
+    pub fn input_read(&self) -> Option<std::ops::Range<usize>> {
+        self.read.get().map(|(lo, hi)| lo..hi)
+    }
+
     /// The text of a `Str` value.
     pub fn as_str(&self, id: Id) -> Option<&str> {
         match self.get(id) {
@@ -183,13 +197,22 @@ impl Arena {
         }
     }
 
-    /// The bytes of a `Bytes` value, resolved against the analysed buffer.
+    /// The bytes of a `Bytes` value, resolved against the analysed buffer. Every span of the
+    /// buffer resolved this way is remembered ([`Arena::input_read`]).
     pub fn as_bytes<'a>(&'a self, id: Id, input: &'a [u8]) -> Option<&'a [u8]> {
         match self.get(id) {
             Value::Bytes {
                 bytes: Bytes::Input { start, len },
                 ..
-            } => input.get(*start..start.checked_add(*len)?),
+            } => {
+                let end = start.checked_add(*len)?;
+                let span = match self.read.get() {
+                    Some((lo, hi)) => (lo.min(*start), hi.max(end)),
+                    None => (*start, end),
+                };
+                self.read.set(Some(span));
+                input.get(*start..end)
+            }
             Value::Bytes {
                 bytes: Bytes::Owned(b),
                 ..

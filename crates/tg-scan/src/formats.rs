@@ -273,48 +273,112 @@ impl Cx<'_> {
 
     // ---------- raw pickle streams: plain, stacked, legacy torch ----------
 
-    /// Run one pickle starting at `pos` in `src`, reading more of the file as needed.
+    /// Options for one analysis of a stream whose buffer is `complete` or not.
+    fn options(&self, complete: bool) -> Options {
+        Options {
+            limits: self.scanner.limits.pickle.clone(),
+            complete,
+            record_opcodes: self.scanner.policy.restricts_opcodes(),
+            elide_floats: true,
+        }
+    }
+
+    /// Run one pickle starting at `pos` in `src`, reading more of the file into `prefix` as
+    /// needed (a prefix already read from an earlier pickle of the same file is reused).
+    /// Returns the analysis, run on `prefix.buf` from `pos - prefix.at`.
     fn run_pickle(
         &mut self,
         src: &dyn ReadAt,
         pos: u64,
         hook: &mut dyn Hook,
-    ) -> Result<(Vec<u8>, Analysis), String> {
+        prefix: &mut Prefix,
+    ) -> Result<Analysis, String> {
         let size = src.size();
-        let remaining = size.saturating_sub(pos);
-        let mut want = remaining.min(64 << 10);
-        loop {
-            let buf = self.read(src, pos, want).map_err(|e| e.to_string())?;
-            let complete = want == remaining;
-            let opts = Options {
-                limits: self.scanner.limits.pickle.clone(),
-                complete,
-                record_opcodes: self.scanner.policy.restricts_opcodes(),
-                elide_floats: true,
-            };
-            let a = tg_pickle::analyze(&buf, 0, &opts, hook);
-            if a.end != End::NeedMore {
-                return Ok((buf, a));
+        let limit = self.scanner.limits.max_stream_bytes;
+        if prefix.covers(pos) {
+            // Spans left unread by another view of this pickle may be opcodes to this one.
+            if prefix
+                .unread
+                .iter()
+                .any(|&(_, to)| prefix.at + to as u64 > pos)
+            {
+                self.fill(src, prefix)?;
             }
-            if want >= self.scanner.limits.max_stream_bytes {
+        } else {
+            prefix.reset(pos);
+            let first = size.saturating_sub(pos).min(FIRST_WINDOW);
+            self.extend(src, prefix, 0, first)?;
+        }
+        let start = (pos - prefix.at) as usize;
+        loop {
+            let have = prefix.end();
+            let a = tg_pickle::analyze(prefix.bytes(), start, &self.options(have == size), hook);
+            if a.end != End::NeedMore {
+                return Ok(a);
+            }
+            if have - pos >= limit {
                 return Err(format!(
-                    "pickle stream is longer than the {} byte limit",
-                    self.scanner.limits.max_stream_bytes
+                    "pickle stream is longer than the {limit} byte limit"
                 ));
             }
-            want = remaining
-                .min(want.saturating_mul(4))
-                .min(self.scanner.limits.max_stream_bytes);
+            let need = prefix.at.saturating_add(a.need.end);
+            let contents = a.need.contents.map(|c| prefix.at.saturating_add(c));
+            let cap = size.min(pos.saturating_add(limit));
+            let (read_from, to) = match contents {
+                // Only the contents of a large bytes object are missing: the machine records
+                // their span and never reads them, so read on after them and leave them
+                // unread unless the verdict turns out to depend on them.
+                Some(_) if need - have >= UNREAD_CONTENTS && need <= cap => {
+                    (need, need.saturating_add(FIRST_WINDOW).min(cap))
+                }
+                _ => {
+                    // Four times what was read so far, as a growing read would.
+                    let read = prefix.len - prefix.unread.iter().map(|(a, b)| b - a).sum::<usize>();
+                    let grown = have.saturating_add((read as u64).saturating_mul(3));
+                    (have, need.max(grown).min(cap))
+                }
+            };
+            self.extend(src, prefix, read_from - prefix.at, to - prefix.at)?;
         }
     }
 
-    /// A judged pickle at `pos`, with offsets made absolute. Runs joblib's view and the plain
-    /// `pickle.load` view when they differ.
+    /// Grows `prefix` to `len` bytes from its start, reading `[from, len)` and leaving
+    /// `[old length, from)` unread.
+    fn extend(
+        &mut self,
+        src: &dyn ReadAt,
+        prefix: &mut Prefix,
+        from: u64,
+        len: u64,
+    ) -> Result<(), String> {
+        let old = prefix.len;
+        let (from, len) = (to_usize(from)?, to_usize(len)?);
+        prefix.grow(len, from > old);
+        if from > old {
+            prefix.unread.push((old, from));
+        }
+        let at = prefix.at + from as u64;
+        src.read_exact_at(&mut prefix.buf[from..len], at)
+            .map_err(|e| e.to_string())?;
+        self.bytes_read += (len - from) as u64;
+        Ok(())
+    }
+
+    /// Reads what `run_pickle` left unread in `prefix`.
+    fn fill(&mut self, src: &dyn ReadAt, prefix: &mut Prefix) -> Result<(), String> {
+        for (from, to) in std::mem::take(&mut prefix.unread) {
+            src.read_exact_at(&mut prefix.buf[from..to], prefix.at + from as u64)
+                .map_err(|e| e.to_string())?;
+            self.bytes_read += (to - from) as u64;
+        }
+        Ok(())
+    }
+
     /// A judged pickle at `pos`, with absolute offsets and the number of bytes it consumed.
     /// Runs joblib's view and the plain `pickle.load` view when they differ.
     fn judged_pickle(
         &mut self,
-        src: Stream<'_>,
+        src: &mut Stream<'_>,
         pos: u64,
         ctx: Context,
     ) -> Result<(Analysis, u64, judge::Judged), String> {
@@ -340,7 +404,7 @@ impl Cx<'_> {
 
     fn judged_view(
         &mut self,
-        src: Stream<'_>,
+        src: &mut Stream<'_>,
         pos: u64,
         ctx: Context,
         hook: &mut dyn Hook,
@@ -349,26 +413,27 @@ impl Cx<'_> {
             Stream::Mem(buf) => {
                 // The whole stream is in memory: no copy, offsets are already absolute.
                 let start = usize::try_from(pos).map_err(|_| "offset out of range".to_owned())?;
-                let opts = Options {
-                    limits: self.scanner.limits.pickle.clone(),
-                    complete: true,
-                    record_opcodes: self.scanner.policy.restricts_opcodes(),
-                    elide_floats: true,
-                };
-                let a = tg_pickle::analyze(buf, start, &opts, hook);
+                let a = tg_pickle::analyze(buf, start, &self.options(true), hook);
                 let j = self.judge(&a, buf, ctx);
                 let consumed = a.consumed.saturating_sub(pos);
                 Ok((a, consumed, j))
             }
-            Stream::File(file) => {
-                let (buf, a) = self.run_pickle(file, pos, hook)?;
-                let mut j = self.judge(&a, &buf, ctx);
+            Stream::File(file, prefix) => {
+                let a = self.run_pickle(*file, pos, hook, prefix)?;
+                let mut j = self.judge(&a, prefix.bytes(), ctx);
+                if prefix.read_unread(&a) {
+                    // The judge rendered or followed a value whose contents were left unread:
+                    // read them and judge again. The analysis stands: neither the machine nor
+                    // the hooks here read such contents.
+                    self.fill(*file, prefix)?;
+                    j = self.judge(&a, prefix.bytes(), ctx);
+                }
                 for f in &mut j.findings {
                     if let Some(o) = f.location.offset.as_mut() {
-                        *o += pos;
+                        *o += prefix.at;
                     }
                 }
-                let consumed = a.consumed;
+                let consumed = (prefix.at + a.consumed).saturating_sub(pos);
                 Ok((a, consumed, j))
             }
         }
@@ -408,9 +473,9 @@ impl Cx<'_> {
         // A source already in memory (a small file, an archive member) is analysed in place;
         // a file is read a growing prefix at a time from each pickle on, so a legacy checkpoint
         // with megabytes of raw storages after its pickles is never read in full.
-        let stream = match src.as_slice() {
+        let mut stream = match src.as_slice() {
             Some(b) => Stream::Mem(b),
-            None => Stream::File(src),
+            None => Stream::File(src, Prefix::default()),
         };
         let mut out = Outcome::new(format);
         let mut pos = 0u64;
@@ -425,7 +490,7 @@ impl Cx<'_> {
             } else {
                 ctx
             };
-            let (a, consumed, j) = match self.judged_pickle(stream, pos, ctx) {
+            let (a, consumed, j) = match self.judged_pickle(&mut stream, pos, ctx) {
                 Ok(r) => r,
                 Err(e) => {
                     out.findings.push(limit(e, pos));
@@ -824,8 +889,8 @@ impl Cx<'_> {
             torch: true,
             torchscript: false,
         };
-        let src = Stream::Mem(bytes);
-        let (a, consumed, j) = match self.judged_pickle(src, 0, ctx) {
+        let mut src = Stream::Mem(bytes);
+        let (a, consumed, j) = match self.judged_pickle(&mut src, 0, ctx) {
             Ok(r) => r,
             Err(e) => return unreadable(member, &e),
         };
@@ -839,7 +904,7 @@ impl Cx<'_> {
         };
         let mut pos = consumed;
         for _ in 0..count.clamp(0, 1_000_000) {
-            let (rec, consumed, j) = match self.judged_pickle(src, pos, ctx) {
+            let (rec, consumed, j) = match self.judged_pickle(&mut src, pos, ctx) {
                 Ok(r) => r,
                 Err(e) => {
                     out.findings.push(limit(e, pos));
@@ -1128,12 +1193,100 @@ fn storage_element_size(name: &str) -> Option<u64> {
 }
 
 /// Where a pickle stream is read from.
-#[derive(Clone, Copy)]
 enum Stream<'a> {
     /// Entirely in memory.
     Mem(&'a [u8]),
-    /// A file read a growing prefix at a time.
-    File(&'a dyn ReadAt),
+    /// A file read a growing prefix at a time, and what has been read of it.
+    File(&'a dyn ReadAt, Prefix),
+}
+
+/// The first read of a pickle stream in a file, and the least read after a span left unread.
+const FIRST_WINDOW: u64 = 64 << 10;
+
+/// The contents of a `bytes` object at least this long that a pickle in a file holds are left
+/// unread unless the verdict depends on them (an array's raw data in a pickled model, say).
+const UNREAD_CONTENTS: u64 = 64 << 10;
+
+/// Bytes of a file read for its pickle streams: the first `len` bytes of `buf` hold the file
+/// from `at` on, except the spans in `unread` (in order), each inside the contents of one large
+/// `bytes` object, which hold whatever the buffer held before.
+///
+/// The buffer comes from the scanner's pool and goes back to it: memory a scan has touched
+/// once costs no page fault the next time, and a span left unread costs nothing at all when
+/// it lies past what the buffer ever reached.
+#[derive(Default)]
+struct Prefix {
+    at: u64,
+    buf: Vec<u8>,
+    len: usize,
+    unread: Vec<(usize, usize)>,
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        crate::give_back_buffer(std::mem::take(&mut self.buf));
+    }
+}
+
+impl Prefix {
+    /// Starts again, empty, at file offset `at`.
+    fn reset(&mut self, at: u64) {
+        if self.buf.capacity() == 0 {
+            self.buf = crate::take_buffer();
+        }
+        self.at = at;
+        self.len = 0;
+        self.unread.clear();
+    }
+
+    /// What was read (with the spans left unread).
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Makes room for `len` bytes, keeping the first `self.len`; `gap` when a span of them
+    /// will be left unread.
+    fn grow(&mut self, len: usize, gap: bool) {
+        if len > self.buf.len() {
+            if len <= self.buf.capacity() || !gap {
+                // Grown in place where the allocator can (a large buffer is remapped, not
+                // copied); the new part is read into at once.
+                self.buf.resize(len, 0);
+            } else {
+                // Fresh zeroed memory rather than `resize`: its pages are only touched where
+                // something is read into them.
+                let mut grown = vec![0u8; len];
+                grown[..self.len].copy_from_slice(&self.buf[..self.len]);
+                crate::give_back_buffer(std::mem::replace(&mut self.buf, grown));
+            }
+        }
+        self.len = self.len.max(len);
+    }
+
+    /// The file offset just past the last byte held.
+    fn end(&self) -> u64 {
+        self.at + self.len as u64
+    }
+
+    /// Whether anything read contents of `a`'s values that were left unread here, in `a` or
+    /// in the pickles nested in it.
+    fn read_unread(&self, a: &Analysis) -> bool {
+        let hit = |r: std::ops::Range<usize>| {
+            self.unread
+                .iter()
+                .any(|&(from, to)| from < r.end && r.start < to)
+        };
+        a.arena.input_read().is_some_and(hit) || a.nested.iter().any(|(_, n)| self.read_unread(n))
+    }
+
+    /// Whether a pickle starting at `pos` can be run from this prefix.
+    fn covers(&self, pos: u64) -> bool {
+        self.len > 0 && (self.at..self.end()).contains(&pos)
+    }
+}
+
+fn to_usize(n: u64) -> Result<usize, String> {
+    usize::try_from(n).map_err(|_| "read too large".to_owned())
 }
 
 /// A view of `src` from `start` on.
@@ -1322,7 +1475,8 @@ fn int_value(arena: &Arena, id: Id) -> Option<i128> {
 /// joblib's `NumpyUnpickler`: after `BUILD` of a `NumpyArrayWrapper`, `read_array` reads the
 /// array from the stream (`joblib/numpy_pickle.py`): an object array is a whole nested pickle,
 /// anything else is `prod(shape) * itemsize` raw bytes, preceded by an alignment pad when the
-/// wrapper has `numpy_array_alignment_bytes`.
+/// wrapper has `numpy_array_alignment_bytes`. It judges by the wrapper's values alone and never
+/// reads the input: `run_pickle` leaves the contents of large `bytes` objects unread.
 #[derive(Debug, Default)]
 struct JoblibHook;
 
@@ -1330,7 +1484,7 @@ impl Hook for JoblibHook {
     fn after_build(
         &mut self,
         arena: &Arena,
-        input: &[u8],
+        _input: &[u8],
         target: Id,
     ) -> Result<AfterBuild, String> {
         let Some(Call {
@@ -1359,7 +1513,7 @@ impl Hook for JoblibHook {
         let shape = get("shape").ok_or("NumpyArrayWrapper has no shape")?;
         let padded = get("numpy_array_alignment_bytes")
             .is_some_and(|v| !matches!(arena.get(v), Value::None));
-        let itemsize = match dtype_itemsize(arena, input, dtype)? {
+        let itemsize = match dtype_itemsize(arena, dtype)? {
             None => return Ok(AfterBuild::NestedPickle),
             Some(n) => n,
         };
@@ -1384,8 +1538,7 @@ impl Hook for JoblibHook {
 }
 
 /// Item size of `numpy.dtype('f8', False, True)`; `None` for object dtypes.
-fn dtype_itemsize(arena: &Arena, input: &[u8], dtype: Id) -> Result<Option<u64>, String> {
-    let _ = input;
+fn dtype_itemsize(arena: &Arena, dtype: Id) -> Result<Option<u64>, String> {
     let Some(Call { callee, args, .. }) = arena.as_call(dtype) else {
         return Err("array dtype is not a numpy.dtype".into());
     };

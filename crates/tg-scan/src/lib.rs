@@ -129,14 +129,14 @@ impl Scanner {
             // Buffers are reused from file to file: fresh memory costs a page fault per 4 KiB,
             // more than the read itself. The largest size is reserved once; memory is only
             // faulted in where a file reaches, and never again for a later file.
-            let mut bytes = read_buffers().pop().unwrap_or_default();
+            let mut bytes = take_buffer();
             if bytes.capacity() < size as usize {
                 bytes.reserve_exact(READ_WHOLE as usize);
             }
             let scanned = file
                 .read_head(size, &mut bytes)
                 .map(|head| self.scan_source(&display, &head));
-            read_buffers().push(bytes);
+            give_back_buffer(bytes);
             match scanned {
                 Ok(mut r) => {
                     r.bytes_read = size;
@@ -176,17 +176,33 @@ impl Scanner {
 /// Files up to this size are read with one call and scanned from memory: the readers look at
 /// a small file several times (sniffing, headers, members, the appended-zip tail), and one read
 /// costs less than several positioned reads. Larger files are read only where needed.
-const READ_WHOLE: u64 = 1 << 20;
+const READ_WHOLE: u64 = 64 << 10;
 
 /// Read buffers between files, shared by the scanning threads (one in use per thread at a
 /// time). Shared rather than per thread: a thread's own buffer would be unmapped at its exit,
 /// while the caller waits to join it.
 static READ_BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 
+/// The largest buffer kept for reuse: a bigger one goes back to the system.
+const MAX_POOLED_BUFFER: usize = 16 << 20;
+
 fn read_buffers() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
     READ_BUFFERS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A read buffer from the pool (or a new, empty one). Its length is how far any earlier use
+/// reached: that much of it is initialized and already faulted in.
+fn take_buffer() -> Vec<u8> {
+    read_buffers().pop().unwrap_or_default()
+}
+
+/// Returns a buffer from [`take_buffer`] to the pool.
+fn give_back_buffer(buf: Vec<u8>) {
+    if buf.capacity() > 0 && buf.capacity() <= MAX_POOLED_BUFFER {
+        read_buffers().push(buf);
+    }
 }
 
 fn io_report(display: String, e: &std::io::Error) -> FileReport {

@@ -1,0 +1,174 @@
+//! Large `bytes` contents in a pickle file are left unread unless the verdict depends on them:
+//! the scan must read less, and judge exactly as if it had read everything.
+
+use std::path::Path;
+
+use tg_report::{FileReport, Verdict};
+use tg_scan::Scanner;
+
+const PAYLOAD: usize = 600 << 10;
+
+/// `BINBYTES` of `n` bytes of `fill`.
+fn binbytes(n: usize, fill: u8) -> Vec<u8> {
+    let mut p = vec![b'B'];
+    p.extend_from_slice(&(n as u32).to_le_bytes());
+    p.resize(p.len() + n, fill);
+    p
+}
+
+/// `SHORT_BINUNICODE s`.
+fn short_str(s: &str) -> Vec<u8> {
+    let mut p = vec![0x8c, s.len() as u8];
+    p.extend_from_slice(s.as_bytes());
+    p
+}
+
+/// `module name STACK_GLOBAL`.
+fn global(module: &str, name: &str) -> Vec<u8> {
+    [short_str(module), short_str(name), vec![0x93]].concat()
+}
+
+/// A protocol 4 pickle of `body`, then `STOP`.
+fn pickle(body: &[u8]) -> Vec<u8> {
+    [&[0x80, 4][..], body, b"."].concat()
+}
+
+/// `{'weights': <PAYLOAD bytes>, 'name': 'model'}`: data only.
+fn data_only() -> Vec<u8> {
+    pickle(
+        &[
+            vec![b'}', b'('],
+            short_str("weights"),
+            binbytes(PAYLOAD, 0x3f),
+            short_str("name"),
+            short_str("model"),
+            vec![b'u'],
+        ]
+        .concat(),
+    )
+}
+
+/// A pickle whose only dangerous part is inside a large bytes object passed to `pickle.loads`.
+fn nested_in_large_bytes() -> Vec<u8> {
+    let inner = pickle(
+        &[
+            global("os", "system"),
+            short_str("echo pwned"),
+            vec![0x85, b'R'],
+        ]
+        .concat(),
+    );
+    // The inner pickle, then padding the loader never reads (it stops at STOP).
+    let mut contents = inner;
+    contents.resize(PAYLOAD, 0);
+    let mut arg = vec![b'B'];
+    arg.extend_from_slice(&(contents.len() as u32).to_le_bytes());
+    arg.extend_from_slice(&contents);
+    pickle(&[global("pickle", "loads"), arg, vec![0x85, b'R']].concat())
+}
+
+fn scan_file(dir: &Path, name: &str, bytes: &[u8]) -> FileReport {
+    let path = dir.join(name);
+    fs_err::write(&path, bytes).unwrap();
+    Scanner::default().scan_path(&path)
+}
+
+fn describe(r: &FileReport) -> String {
+    format!("{:?} {:?} {:?}", r.verdict, r.findings, r.notes)
+}
+
+#[test]
+fn large_bytes_contents_are_not_read_for_a_clean_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data_only();
+    let r = scan_file(dir.path(), "model.pkl", &bytes);
+    assert_eq!(r.verdict, Verdict::Clean, "{}", describe(&r));
+    assert!(r.findings.is_empty(), "{}", describe(&r));
+    assert_eq!(r.size, bytes.len() as u64);
+    assert!(
+        r.bytes_read < (bytes.len() - PAYLOAD / 2) as u64,
+        "read {} of {} bytes",
+        r.bytes_read,
+        bytes.len()
+    );
+    // The same bytes judged from memory (read whole) give the same report.
+    let whole = Scanner::default().scan_bytes(&r.path, &bytes);
+    assert_eq!(whole.verdict, r.verdict);
+    assert_eq!(whole.findings, r.findings);
+    assert_eq!(whole.notes, r.notes);
+}
+
+#[test]
+fn a_pickle_inside_large_bytes_passed_to_a_loader_is_still_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = nested_in_large_bytes();
+    let r = scan_file(dir.path(), "nested.pkl", &bytes);
+    assert_eq!(r.verdict, Verdict::Malicious, "{}", describe(&r));
+    let inner = r.findings.iter().any(|f| {
+        f.location
+            .member
+            .as_deref()
+            .is_some_and(|m| m.contains("nested pickle"))
+            && f.evidence
+                .as_deref()
+                .is_some_and(|e| e.contains("os.system") && e.contains("echo pwned"))
+    });
+    assert!(inner, "{}", describe(&r));
+    let whole = Scanner::default().scan_bytes(&r.path, &bytes);
+    assert_eq!(whole.findings, r.findings);
+    assert_eq!(whole.notes, r.notes);
+}
+
+#[test]
+fn a_pickle_stacked_after_large_bytes_is_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    let evil = pickle(&[global("os", "system"), short_str("id"), vec![0x85, b'R']].concat());
+    let bytes = [data_only(), evil].concat();
+    let r = scan_file(dir.path(), "stacked.pkl", &bytes);
+    assert_eq!(r.verdict, Verdict::Malicious, "{}", describe(&r));
+    let whole = Scanner::default().scan_bytes(&r.path, &bytes);
+    assert_eq!(whole.findings, r.findings);
+    assert_eq!(whole.notes, r.notes);
+}
+
+#[test]
+fn a_lying_bytes_length_is_not_skipped_past_the_end() {
+    // A BINBYTES that claims more than the file holds: truncated, as the loader finds it,
+    // after importing something — never clean.
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = [
+        vec![0x80, 4],
+        global("os", "system"),
+        vec![b'B'],
+        (u32::MAX).to_le_bytes().to_vec(),
+    ]
+    .concat();
+    bytes.resize(PAYLOAD, 0x41);
+    let r = scan_file(dir.path(), "lying.pkl", &bytes);
+    assert_ne!(r.verdict, Verdict::Clean, "{}", describe(&r));
+    let whole = Scanner::default().scan_bytes(&r.path, &bytes);
+    assert_eq!(whole.verdict, r.verdict);
+    assert_eq!(whole.findings, r.findings);
+}
+
+#[test]
+fn a_finding_that_does_not_show_large_bytes_does_not_read_them() {
+    // `__main__.Net()` with the bytes as its BUILD state: suspicious (a class outside the
+    // policy), and the evidence shows the call, not the state.
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = pickle(
+        &[
+            global("__main__", "Net"),
+            vec![b')', 0x81],
+            binbytes(PAYLOAD, 0x3f),
+            vec![b'b'],
+        ]
+        .concat(),
+    );
+    let r = scan_file(dir.path(), "net.pkl", &bytes);
+    assert_eq!(r.verdict, Verdict::Suspicious, "{}", describe(&r));
+    assert!(r.bytes_read < (PAYLOAD / 2) as u64, "read {}", r.bytes_read);
+    let whole = Scanner::default().scan_bytes(&r.path, &bytes);
+    assert_eq!(whole.findings, r.findings);
+    assert_eq!(whole.notes, r.notes);
+}

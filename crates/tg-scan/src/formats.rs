@@ -68,7 +68,11 @@ fn read_at(src: &dyn ReadAt, offset: u64, len: u64) -> std::io::Result<Vec<u8>> 
 
 /// Whether `tail` holds a zip end-of-central-directory signature (`PK\x05\x06`).
 fn contains_eocd(tail: &[u8]) -> bool {
-    memchr::memmem::find(tail, b"PK\x05\x06").is_some()
+    // Built once: every file that is not a container is checked, and building a searcher
+    // costs more than running it over 64 KiB.
+    static EOCD: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"PK\x05\x06"));
+    EOCD.find(tail).is_some()
 }
 
 fn is_zip_head(h: &[u8]) -> bool {
@@ -251,8 +255,14 @@ impl Cx<'_> {
         // generic archive loaders): scan that view too.
         if size > 22 {
             let tail_len = size.min(65_557);
-            if let Ok(tail) = self.read(src, size - tail_len, tail_len)
-                && contains_eocd(&tail)
+            let eocd = match src.as_slice() {
+                // In memory already (a small file, a member): no copy.
+                Some(b) => contains_eocd(&b[b.len() - tail_len as usize..]),
+                None => self
+                    .read(src, size - tail_len, tail_len)
+                    .is_ok_and(|tail| contains_eocd(&tail)),
+            };
+            if eocd
                 && let Ok(zip) = ZipArchive::open(src, self.scanner.limits.archive.clone())
                 && !zip.entries().is_empty()
             {

@@ -317,7 +317,7 @@ impl Cx<'_> {
         } else {
             prefix.reset(pos);
             let first = size.saturating_sub(pos).min(FIRST_WINDOW);
-            self.extend(src, prefix, 0, first)?;
+            self.extend(src, prefix, 0, first, first)?;
         }
         let start = (pos - prefix.at) as usize;
         loop {
@@ -338,7 +338,11 @@ impl Cx<'_> {
                 // Only the contents of a large bytes object are missing: the machine records
                 // their span and never reads them, so read on after them and leave them
                 // unread unless the verdict turns out to depend on them.
-                Some(_) if need - have >= UNREAD_CONTENTS && need <= cap => {
+                Some(_)
+                    if need - have >= UNREAD_CONTENTS
+                        && need <= cap
+                        && prefix.unread.len() < MAX_UNREAD_SPANS =>
+                {
                     (need, need.saturating_add(FIRST_WINDOW).min(cap))
                 }
                 _ => {
@@ -348,22 +352,24 @@ impl Cx<'_> {
                     (have, need.max(grown).min(cap))
                 }
             };
-            self.extend(src, prefix, read_from - prefix.at, to - prefix.at)?;
+            let whole = cap - prefix.at;
+            self.extend(src, prefix, read_from - prefix.at, to - prefix.at, whole)?;
         }
     }
 
     /// Grows `prefix` to `len` bytes from its start, reading `[from, len)` and leaving
-    /// `[old length, from)` unread.
+    /// `[old length, from)` unread; `whole` is the most the prefix can grow to.
     fn extend(
         &mut self,
         src: &dyn ReadAt,
         prefix: &mut Prefix,
         from: u64,
         len: u64,
+        whole: u64,
     ) -> Result<(), String> {
         let old = prefix.len;
         let (from, len) = (to_usize(from)?, to_usize(len)?);
-        prefix.grow(len, from > old);
+        prefix.grow(len, from > old, to_usize(whole)?);
         if from > old {
             prefix.unread.push((old, from));
         }
@@ -1217,6 +1223,10 @@ const FIRST_WINDOW: u64 = 64 << 10;
 /// unread unless the verdict depends on them (an array's raw data in a pickled model, say).
 const UNREAD_CONTENTS: u64 = 64 << 10;
 
+/// The most spans one pickle stream leaves unread. Each costs one more run of the stream's
+/// opcodes up to it; past this many, contents are read like everything else.
+const MAX_UNREAD_SPANS: usize = 32;
+
 /// Bytes of a file read for its pickle streams: the first `len` bytes of `buf` hold the file
 /// from `at` on, except the spans in `unread` (in order), each inside the contents of one large
 /// `bytes` object, which hold whatever the buffer held before.
@@ -1254,20 +1264,20 @@ impl Prefix {
         &self.buf[..self.len]
     }
 
-    /// Makes room for `len` bytes, keeping the first `self.len`; `gap` when a span of them
-    /// will be left unread.
-    fn grow(&mut self, len: usize, gap: bool) {
+    /// Makes room for `len` bytes, keeping the first `self.len`. With a `gap` (a span that
+    /// will be left unread) the buffer is sized for the `whole` stream at once, in fresh zeroed
+    /// memory: its pages are only touched where something is read into them, and no later
+    /// growth copies the spans left unread.
+    fn grow(&mut self, len: usize, gap: bool, whole: usize) {
         if len > self.buf.len() {
-            if len <= self.buf.capacity() || !gap {
+            if gap && whole > self.buf.capacity() {
+                let mut grown = vec![0u8; whole.max(len)];
+                grown[..self.len].copy_from_slice(&self.buf[..self.len]);
+                crate::give_back_buffer(std::mem::replace(&mut self.buf, grown));
+            } else {
                 // Grown in place where the allocator can (a large buffer is remapped, not
                 // copied); the new part is read into at once.
                 self.buf.resize(len, 0);
-            } else {
-                // Fresh zeroed memory rather than `resize`: its pages are only touched where
-                // something is read into them.
-                let mut grown = vec![0u8; len];
-                grown[..self.len].copy_from_slice(&self.buf[..self.len]);
-                crate::give_back_buffer(std::mem::replace(&mut self.buf, grown));
             }
         }
         self.len = self.len.max(len);

@@ -172,3 +172,47 @@ fn a_finding_that_does_not_show_large_bytes_does_not_read_them() {
     assert_eq!(whole.findings, r.findings);
     assert_eq!(whole.notes, r.notes);
 }
+
+#[test]
+fn many_large_bytes_objects_are_judged_like_a_whole_read() {
+    // Past the cap on spans left unread, contents are read like everything else; the verdict
+    // and the report are the same either way, with a dangerous call at the very end.
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = vec![b'}', b'('];
+    for i in 0..40 {
+        body.extend(short_str(&format!("w{i}")));
+        body.extend(binbytes(200 << 10, i as u8));
+    }
+    body.push(b'u');
+    body.extend(global("os", "system"));
+    body.extend(short_str("id"));
+    body.extend([0x85, b'R', 0x86]);
+    let bytes = pickle(&body);
+    let r = scan_file(dir.path(), "many.pkl", &bytes);
+    assert_eq!(r.verdict, Verdict::Malicious, "{}", describe(&r));
+    assert!(r.bytes_read < bytes.len() as u64, "read {}", r.bytes_read);
+    let whole = Scanner::default().scan_bytes(&r.path, &bytes);
+    assert_eq!(whole.findings, r.findings);
+    assert_eq!(whole.notes, r.notes);
+}
+
+#[test]
+fn a_gigabyte_of_array_data_costs_only_its_opcodes() {
+    // A sparse file: a 1 GiB bytes object (an array's raw data, as pickled numpy arrays hold
+    // it) between a few opcodes. Nothing of it is read, and no memory is touched for it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sparse.pkl");
+    let n: u64 = 1 << 30;
+    let mut head = [vec![0x80, 4, b'}', b'('], short_str("weights"), vec![0x8e]].concat();
+    head.extend_from_slice(&n.to_le_bytes());
+    let tail = [short_str("name"), short_str("model"), vec![b'u', b'.']].concat();
+    let file = fs_err::File::create(&path).unwrap();
+    use fs_err::os::unix::fs::FileExt;
+    file.write_all_at(&head, 0).unwrap();
+    file.write_all_at(&tail, head.len() as u64 + n).unwrap();
+    drop(file);
+    let r = Scanner::default().scan_path(&path);
+    assert_eq!(r.verdict, Verdict::Clean, "{}", describe(&r));
+    assert!(r.findings.is_empty(), "{}", describe(&r));
+    assert!(r.bytes_read < 1 << 20, "read {}", r.bytes_read);
+}

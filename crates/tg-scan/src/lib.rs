@@ -14,7 +14,8 @@
 //! stream broken after it imported something, an unreadable archive) is `inconclusive`, never
 //! `clean`; and a file no loader can execute (a PNG named `.pt`) is `clean` with a note saying
 //! so. Only what a loader must read is read: a 10 GB torch zip costs its central directory and
-//! its `data.pkl`, not its tensor storages.
+//! its `data.pkl`, not its tensor storages, and a pickle file's large `bytes` objects (a pickled
+//! array's raw data) are skipped unless a finding shows or follows them.
 
 mod danger;
 mod formats;

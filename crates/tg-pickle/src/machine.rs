@@ -229,11 +229,12 @@ pub struct Need {
     /// The offset the input must reach for the current opcode (0: not known, as for a
     /// newline-terminated argument).
     pub end: u64,
-    /// Where the contents of a `bytes` or `bytearray` object start, when those contents (up to
-    /// `end`) are all that is missing. The machine never reads such contents: it records their
-    /// span ([`crate::Bytes::Input`]), so a caller may hand it a buffer in which they were
-    /// left unread, as long as nothing reads that span afterwards (a hook, or a judge
-    /// rendering or following the value).
+    /// Where bytes the machine steps over without reading start, when those bytes (up to
+    /// `end`) are all that is missing: the contents of a `bytes` or `bytearray` object, whose
+    /// span it records ([`crate::Bytes::Input`]), or raw data a [`Hook`] skipped. A caller may
+    /// hand it a buffer in which they were left unread, as long as nothing reads that span
+    /// afterwards (a hook, a judge rendering or following the value, or another analysis that
+    /// reads them as opcodes).
     pub contents: Option<u64>,
 }
 
@@ -446,6 +447,15 @@ impl<'a> Machine<'a> {
         };
         self.pos = end;
         Ok((start, bytes))
+    }
+
+    /// Steps over `n` bytes the machine never reads (a bytes object's contents, raw data a hook
+    /// skips) and returns where they start. Missing, they are what [`Need::contents`] names.
+    fn skip(&mut self, n: usize) -> Step<usize> {
+        let start = self.pos;
+        self.take(n)
+            .map(|(start, _)| start)
+            .inspect_err(|_| self.need.contents = Some(start as u64))
     }
 
     fn take_len(&mut self, width: usize) -> Step<u64> {
@@ -939,10 +949,7 @@ impl<'a> Machine<'a> {
                 };
                 let n = self.take_len(width)?;
                 let n = usize::try_from(n).map_err(|_| self.eof())?;
-                let start = self.pos;
-                let (start, _) = self
-                    .take(n)
-                    .inspect_err(|_| self.need.contents = Some(start as u64))?;
+                let start = self.skip(n)?;
                 self.bytes_value(start, n, op == ByteArray8)?;
             }
             NextBuffer => {
@@ -1174,7 +1181,7 @@ impl<'a> Machine<'a> {
                     AfterBuild::Continue => {}
                     AfterBuild::SkipBytes(n) => {
                         let n = usize::try_from(n).map_err(|_| self.eof())?;
-                        let (start, _) = self.take(n)?;
+                        let start = self.skip(n)?;
                         self.skipped.push((start as u64, n as u64));
                     }
                     AfterBuild::SkipPadded(n) => {
@@ -1183,7 +1190,7 @@ impl<'a> Machine<'a> {
                             .checked_add(pad)
                             .ok_or(Halt::Error("array size overflows".into()))?;
                         let total = usize::try_from(total).map_err(|_| self.eof())?;
-                        let (start, _) = self.take(total)?;
+                        let start = self.skip(total)?;
                         self.skipped.push((start as u64, total as u64));
                     }
                     AfterBuild::NestedPickle => {

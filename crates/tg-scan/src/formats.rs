@@ -305,14 +305,17 @@ impl Cx<'_> {
     ) -> Result<Analysis, String> {
         let size = src.size();
         let limit = self.scanner.limits.max_stream_bytes;
+        // Spans another view of this pickle left unread may be opcodes to this one: it sees the
+        // prefix only up to the first of them, and reads each when it gets there.
+        let mut foreign = Vec::new();
         if prefix.covers(pos) {
-            // Spans left unread by another view of this pickle may be opcodes to this one.
-            if prefix
-                .unread
-                .iter()
-                .any(|&(_, to)| prefix.at + to as u64 > pos)
-            {
-                self.fill(src, prefix)?;
+            let start = (pos - prefix.at) as usize;
+            for (from, to) in prefix.unread.clone() {
+                if from < start && to > start {
+                    self.fill_span(src, prefix, from, to)?;
+                } else if to > start {
+                    foreign.push((from, to));
+                }
             }
         } else {
             prefix.reset(pos);
@@ -321,11 +324,23 @@ impl Cx<'_> {
         }
         let start = (pos - prefix.at) as usize;
         loop {
-            let have = prefix.end();
-            let a = tg_pickle::analyze(prefix.bytes(), start, &self.options(have == size), hook);
+            let visible = foreign.first().map_or(prefix.len, |&(from, _)| from);
+            let complete = visible == prefix.len && prefix.end() == size;
+            let a = tg_pickle::analyze(
+                &prefix.bytes()[..visible],
+                start,
+                &self.options(complete),
+                hook,
+            );
             if a.end != End::NeedMore {
                 return Ok(a);
             }
+            if !foreign.is_empty() {
+                let (from, to) = foreign.remove(0);
+                self.fill_span(src, prefix, from, to)?;
+                continue;
+            }
+            let have = prefix.end();
             if have - pos >= limit {
                 return Err(format!(
                     "pickle stream is longer than the {limit} byte limit"
@@ -377,6 +392,21 @@ impl Cx<'_> {
         src.read_exact_at(&mut prefix.buf[from..len], at)
             .map_err(|e| e.to_string())?;
         self.bytes_read += (len - from) as u64;
+        Ok(())
+    }
+
+    /// Reads the span `[from, to)` of `prefix` that was left unread.
+    fn fill_span(
+        &mut self,
+        src: &dyn ReadAt,
+        prefix: &mut Prefix,
+        from: usize,
+        to: usize,
+    ) -> Result<(), String> {
+        src.read_exact_at(&mut prefix.buf[from..to], prefix.at + from as u64)
+            .map_err(|e| e.to_string())?;
+        self.bytes_read += (to - from) as u64;
+        prefix.unread.retain(|&span| span != (from, to));
         Ok(())
     }
 

@@ -216,3 +216,68 @@ fn a_gigabyte_of_array_data_costs_only_its_opcodes() {
     assert!(r.findings.is_empty(), "{}", describe(&r));
     assert!(r.bytes_read < 1 << 20, "read {}", r.bytes_read);
 }
+
+/// `joblib_payload_after_array.joblib` with its 4-element array made `n` elements long: a
+/// joblib file whose raw array data joblib's loader skips (`pad` alignment bytes, then the
+/// data, every byte `fill`), then `os.system`.
+fn joblib_with_array(n: u32, pad: u8, fill: u8) -> Vec<u8> {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/joblib_payload_after_array.joblib");
+    let d = fs_err::read(fixture).unwrap();
+    // 90: BININT1 4 (the shape); 222: the pad length, one pad byte, 4 float64s.
+    assert_eq!(&d[90..92], b"K\x04");
+    assert_eq!(d[222], 1);
+    let mut out = d[..90].to_vec();
+    out.push(b'J');
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&d[92..222]);
+    out.push(pad);
+    out.resize(out.len() + usize::from(pad) + 8 * n as usize, fill);
+    out.extend_from_slice(&d[224 + 32..]);
+    out
+}
+
+#[test]
+fn joblib_array_data_is_not_read_and_the_payload_after_it_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = joblib_with_array(100_000, 1, 0x40);
+    let r = scan_file(dir.path(), "model.joblib", &bytes);
+    assert_eq!(r.verdict, Verdict::Malicious, "{}", describe(&r));
+    assert!(
+        r.findings.iter().any(|f| f
+            .evidence
+            .as_deref()
+            .is_some_and(|e| e.contains("os.system"))),
+        "{}",
+        describe(&r)
+    );
+    assert!(
+        r.bytes_read < 300 << 10,
+        "read {} of {}",
+        r.bytes_read,
+        bytes.len()
+    );
+    let whole = Scanner::default().scan_bytes(&r.path, &bytes);
+    assert_eq!(whole.findings, r.findings);
+    assert_eq!(whole.notes, r.notes);
+}
+
+#[test]
+fn array_data_that_plain_pickle_load_reads_as_opcodes_is_read_for_that_view() {
+    // Array data of NONE opcodes: pickle.load (no joblib) runs through it, so that view reaches
+    // what joblib's view left unread, and it must be read then.
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = joblib_with_array(20_000, b'N', b'N');
+    let r = scan_file(dir.path(), "nones.joblib", &bytes);
+    let whole = Scanner::default().scan_bytes(&r.path, &bytes);
+    assert_eq!(whole.verdict, r.verdict, "{}", describe(&r));
+    assert_eq!(whole.findings, r.findings);
+    assert_eq!(whole.notes, r.notes);
+    // Everything, once: the first window, the rest when pickle.load's view got there.
+    assert_eq!(
+        r.bytes_read,
+        bytes.len() as u64 + 512 + 65_557,
+        "{}",
+        describe(&r)
+    );
+}

@@ -23,7 +23,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use pyo3::IntoPyObjectExt as _;
 use pyo3::buffer::{ElementType, PyBuffer, PyUntypedBuffer};
@@ -432,22 +432,58 @@ mod pass {
     word!(i64, i32, i16, u8);
 
     /// The wrap-around sum of `x`, eight independent lanes so that it vectorises.
-    fn wrapping_sum<T: Word>(x: &[T]) -> T {
+    fn lane_sum<T: Word>(x: &[T]) -> T {
         let mut lanes = [T::default(); 8];
         let mut chunks = x.chunks_exact(8);
         for c in &mut chunks {
-            for (lane, &v) in lanes.iter_mut().zip(c) {
-                *lane = lane.wrapping_add(v);
-            }
+            add8(&mut lanes, c);
         }
-        let mut s = chunks
+        let s = chunks
             .remainder()
             .iter()
             .fold(T::default(), |a, &v| a.wrapping_add(v));
-        for lane in lanes {
-            s = s.wrapping_add(lane);
+        fold(s, lanes)
+    }
+
+    /// `lanes[j] += c[j]` for the 8 words of `c`.
+    #[inline(always)]
+    fn add8<T: Word>(lanes: &mut [T; 8], c: &[T]) {
+        for (lane, &v) in lanes.iter_mut().zip(c) {
+            *lane = lane.wrapping_add(v);
         }
-        s
+    }
+
+    /// `s` plus every lane.
+    fn fold<T: Word>(s: T, lanes: [T; 8]) -> T {
+        lanes.into_iter().fold(s, T::wrapping_add)
+    }
+
+    /// Cursors [`wrapping_sum`] reads a slice with at once.
+    const STREAMS: usize = 8;
+
+    /// The wrap-around sum of `x`. The slice is read as [`STREAMS`] parts in step, each summed
+    /// in eight lanes: right after an optimizer step the weights come from main memory, in 4 KiB
+    /// pages, and one sequential stream keeps too few cache misses (and page walks) in flight to
+    /// use the bandwidth. On the benchmark machine, right after a step, one thread summed the
+    /// 8.7 MB of bench/watch_overhead.py's transformer in 875-970 µs on one stream, 700-800 µs
+    /// on four and 660-820 µs on eight (medians of 30 steps, two to four runs each).
+    /// Wrap-around addition is commutative: the order of the additions does not change the sum.
+    fn wrapping_sum<T: Word>(x: &[T]) -> T {
+        let part = x.len() / (8 * STREAMS) * 8;
+        if part == 0 {
+            return lane_sum(x);
+        }
+        let (head, tail) = x.split_at(STREAMS * part);
+        let parts: [&[T]; STREAMS] = std::array::from_fn(|k| &head[k * part..(k + 1) * part]);
+        let mut lanes = [[T::default(); 8]; STREAMS];
+        let mut at = 0;
+        while at < part {
+            for (l, p) in lanes.iter_mut().zip(&parts) {
+                add8(l, &p[at..at + 8]);
+            }
+            at += 8;
+        }
+        lanes.into_iter().fold(lane_sum(tail), fold)
     }
 
     /// Bytes `addr..addr + len` of the memory of a buffer that a `WordSums` holds.
@@ -515,14 +551,17 @@ mod pass {
         //   regions at multiples of 8 bytes from the start.
         // - Read only while that `WordSums` lives: during its methods, which hold `&self`, by the
         //   calling thread, and by the worker between claiming a pass and reporting it done,
-        //   which the method waits for before it returns, also when it unwinds (`Split`'s
-        //   `Drop`).
+        //   which `sums` waits for before it returns, also when it unwinds (`Split`'s `Drop`).
+        //   A pass that `start` posted ahead of `sums` is waited for by that `sums`, by the
+        //   next `start`, or by the `WordSums`'s `Drop` before its buffers are released.
         // - Not written while the slice lives: the memory is a tensor's, written by torch
-        //   kernels and NumPy calls, which Python code starts. The calling thread holds the GIL
-        //   for the whole method and does not release it, so no Python code runs anywhere until
-        //   it returns; in `trainguard.watch` it is the thread that ran the optimizer step, now
-        //   in its post-hook. (A program whose other threads write its weights while it steps,
-        //   from a kernel that released the GIL, already races with its own optimizer.)
+        //   kernels and NumPy calls, which Python code starts. During a method the calling
+        //   thread holds the GIL and does not release it, so no Python code runs anywhere until
+        //   it returns. Between `start` and `sums` the calling thread runs Python code, but in
+        //   `trainguard.watch` only its own optimizer post-hook, which reads and never writes
+        //   the weights, inside `optimizer.step()`: the thread that ran the step. Another thread
+        //   may take the GIL meanwhile; a program whose other threads write its weights while it
+        //   steps already races with its own optimizer, whose kernels release the GIL.
         // - Any bit pattern is a valid `T`: `Word` is implemented for plain integers only.
         unsafe { std::slice::from_raw_parts(region.addr as *const T, n) }
     }
@@ -815,6 +854,13 @@ mod pass {
             Split { pass, worker }
         }
 
+        /// The pass `post` posted (`posted`), or a pass on this thread alone: the worker
+        /// cannot run here (a child forked meanwhile).
+        pub(super) fn resume(pass: &'a Arc<Pass>, posted: bool) -> Split<'a> {
+            let worker = if posted { worker() } else { None };
+            Split { pass, worker }
+        }
+
         /// Takes the items left, waits for the worker: the per-tensor sums (reduced to their
         /// words' width and extended to 64 bits), and the bytes the worker summed.
         pub(super) fn finish(mut self) -> (Vec<u64>, usize) {
@@ -849,6 +895,21 @@ mod pass {
                 w.next.store(usize::MAX / 2, Ordering::Relaxed);
                 w.settle();
             }
+        }
+    }
+
+    /// Posts `pass` to the worker ahead of the `Split` that will take the rest of it
+    /// ([`Split::resume`]); false when the worker cannot run here or is busy with another pass.
+    pub(super) fn post(pass: &Arc<Pass>) -> bool {
+        worker().is_some_and(|w| w.post(pass))
+    }
+
+    /// Stops handing out the items of the pass `post` posted and waits until the worker is done
+    /// with its item; the result is discarded.
+    pub(super) fn abandon() {
+        if let Some(w) = worker() {
+            w.next.store(usize::MAX / 2, Ordering::Relaxed);
+            w.settle();
         }
     }
 
@@ -900,7 +961,9 @@ struct Span {
 /// That is what lets the pass run on two threads ([`pass`]): from 1 MiB up, where the process
 /// may use more than one CPU, a persistent worker thread sums part of the tensors while the
 /// calling thread copies the plans and sums the rest, and the call returns once both are done.
-/// One thread or two, the result is the same bytes.
+/// `start` posts the pass to the worker ahead of `sums`, so that it wakes up and sums while the
+/// caller does other work that leaves the tensors alone. One thread or two, the result is the
+/// same bytes.
 #[pyclass(frozen, module = "trainguard", name = "WordSums")]
 struct WordSums {
     tensors: Vec<Weights>,
@@ -911,6 +974,8 @@ struct WordSums {
     two: bool,
     /// Bytes the worker summed in the last `sums`.
     worker_bytes: AtomicUsize,
+    /// Whether `start` posted a pass that no `sums` took yet. Read and set with the GIL held.
+    started: AtomicBool,
 }
 
 /// The words of array `i` as a buffer, and their width.
@@ -961,6 +1026,14 @@ impl WordSums {
             }
         }
         Ok(())
+    }
+
+    /// Settles a pass `start` posted that no `sums` took: the worker stops and its sums are
+    /// dropped.
+    fn abandon(&self) {
+        if self.started.swap(false, Ordering::Relaxed) {
+            pass::abandon();
+        }
     }
 
     /// Bytes the plans named copy.
@@ -1048,7 +1121,21 @@ impl WordSums {
             nbytes,
             two,
             worker_bytes: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
         })
+    }
+
+    /// Starts the next `sums()`'s pass over the weights on the worker thread now, so that it
+    /// sums while the caller does other work before calling `sums()`, which then takes the
+    /// rest. The weights must not change until that `sums()` (nor the tensors move: a pass
+    /// that no `sums()` takes is waited for and dropped by the next `start()` or when this
+    /// object is dropped). True when the worker took the pass, false when `sums()` will share
+    /// it as usual (one thread, or the worker is busy).
+    fn start(&self) -> bool {
+        self.abandon();
+        let posted = self.two && pass::post(&self.pass);
+        self.started.store(posted, Ordering::Relaxed);
+        posted
     }
 
     /// The sums, 8 little-endian bytes per tensor in order, then the bytes of the plans named,
@@ -1059,7 +1146,11 @@ impl WordSums {
         let n8 = 8 * self.tensors.len();
         let len = n8 + self.plans_len(&plans)?;
         PyBytes::new_with(py, len, |out| {
-            let split = Split::start(&self.pass, self.two);
+            let split = if self.started.swap(false, Ordering::Relaxed) {
+                Split::resume(&self.pass, true)
+            } else {
+                Split::start(&self.pass, self.two)
+            };
             self.copy_plans(&plans, &mut out[n8..])?;
             let (sums, theirs) = split.finish();
             for (dst, s) in out[..n8].chunks_exact_mut(8).zip(sums) {
@@ -1101,6 +1192,13 @@ impl WordSums {
     #[getter]
     fn worker_bytes(&self) -> usize {
         self.worker_bytes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for WordSums {
+    /// A pass `start` posted reads the buffers: it is settled before they are released.
+    fn drop(&mut self) {
+        self.abandon();
     }
 }
 

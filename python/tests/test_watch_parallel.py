@@ -94,6 +94,44 @@ def test_two_threads_give_the_bytes_of_one_and_of_numpy(dtype, shape):
         assert all(0 <= b <= two.nbytes for b in shared)
 
 
+def test_a_pass_started_ahead_gives_the_same_bytes_and_is_settled_if_never_taken():
+    # `start()` posts the pass to the worker before `sums()`, which takes the rest of it.
+    words = _words(5, np.int64, SHAPES["large"])
+    data = [w.view(np.uint8) for w in words]
+    plans = _plans(data, seed=2)
+    one = WordSums(words, data, plans, threads=1)
+    two = WordSums(words, data, plans, threads=2)
+    other = WordSums(words, data, plans, threads=2)
+    expected = one.sums(0, 1)
+    assert one.start() is False  # one thread: `sums()` runs the pass alone, as without it
+    assert one.sums(0, 1) == expected
+    for _ in range(10):
+        assert two.start() is True
+        time.sleep(0.001)  # the worker sums meanwhile
+        assert two.sums(0, 1) == expected
+    # Started twice: the first pass is dropped, the second taken.
+    two.start()
+    two.start()
+    assert two.sums(0, 1) == expected
+    # Another object's pass while this one's is in flight: the worker is busy, so that one sums
+    # alone, and this one still gets its own.
+    assert two.start() is True
+    assert other.start() is False
+    assert other.sums(0, 1) == expected
+    assert two.sums(0, 1) == expected
+    # Never taken: the pass is settled when its object goes, and the worker is free again.
+    third = WordSums(words, data, plans, threads=2)
+    assert third.start() is True
+    del third
+    assert two.start() is True
+    assert two.sums(0, 1) == expected
+    # The pass reads the memory as it is.
+    words[0][17] += 1
+    assert two.start() is True
+    assert two.sums(0, 1) != expected
+    assert two.sums(0, 1) == one.sums(0, 1)
+
+
 def test_tensor_words_of_every_dtype_sum_alike_on_two_threads():
     # The CUDA path sums the same words with torch: the same bytes on one thread, two, and torch.
     gen = torch.Generator().manual_seed(2)

@@ -95,6 +95,11 @@ class WordSums:
         plans: list[list[tuple[int, int, int]]] = ...,
         threads: int | None = None,
     ) -> None: ...
+    def start(self) -> bool:
+        """Post the next `sums()`'s pass to the worker thread now, so that it sums while the
+        caller does other work (which must not write the tensors); that `sums()` takes the rest.
+        False when `sums()` will run it as usual (one thread, or the worker is busy). A pass
+        never taken is dropped by the next `start()` or with this object."""
     def sums(self, *plans: int) -> bytes:
         """8 little-endian bytes per tensor (its sum, sign-extended), then each plan's bytes."""
     def copy(self, plan: int) -> bytes:

@@ -58,11 +58,12 @@ the event and JSON happen on the sender thread. On the CPU the reads are native
 (``trainguard._native``: ``WordSums``, ``Gather``): at each step one call sums every tensor's
 words and copies the slice and the windows in the same pass over the weights (from 1 MiB of
 weights up, where the process may use a second CPU, a persistent native worker thread sums part
-of them meanwhile; the call returns once both are done), one more copies the optimizer state
-the check needs, and one the windows before the step; the NumPy views they read are re-derived
-only when a tensor moves (one call checks every data pointer). A step's record is queued at the
-next step (or `close()`), so `log(loss=...)` after `optimizer.step()` attaches to it; on CUDA it
-waits, without a host sync, until its events and copies completed.
+of them: it starts as the post-hook does, while the hook builds the record, and the call returns
+once both are done), one more copies the optimizer state the check needs, and one the windows
+before the step; the NumPy views they read are re-derived only when a tensor moves (one call
+checks every data pointer). A step's record is queued at the next step (or `close()`), so
+`log(loss=...)` after `optimizer.step()` attaches to it; on CUDA it waits, without a host sync,
+until its events and copies completed.
 `close()` (or leaving the `with` block without an exception) sends a `process_exit` with status 0,
 so a finished rank is not reported missing; after an exception no exit is claimed.
 
@@ -1565,6 +1566,12 @@ class Watch:
         last, self._t_last_post = self._t_last_post, t_post
         if not self._measuring:
             return
+        host = self._host
+        if host and self._tracked.ptrs is not None:
+            # The pass over the weights starts on the worker thread now and sums while this hook
+            # builds the record (nothing here writes the weights); `_measure_host` takes the
+            # rest. (Views re-derived at every read, of non-contiguous tensors, would discard it.)
+            self._tracked.summer.start()
         end = None
         if self._cuda and self._ev_start is not None:
             import torch
@@ -1588,9 +1595,26 @@ class Watch:
             calls, self._seed_index = _seed_calls_since(self._seed_index)
             if calls:
                 rec["seed_calls"] = calls[-_MAX_SEED_CALLS:]
-        # Last: on the host path it ends with the pass over the weights, after which everything
-        # else would be read from main memory again.
-        rec["_dev"] = self._measure_host(optimizer, n) if self._host else self._measure(optimizer, n)
+        if host:
+            with self._lock:
+                previous = self._pending
+                self._pending = rec
+                if self._loss_next is not None:
+                    rec["_loss"] = self._loss_next
+                    self._loss_next = None
+            if previous is not None:
+                self._sender.put(previous)
+            # Last: it ends with the pass over the weights, after which everything else would be
+            # read from main memory again. The record is queued at the next step, not before.
+            try:
+                rec["_dev"] = self._measure_host(optimizer, n)
+            except BaseException:  # never queue a record without its measurements
+                with self._lock:
+                    if self._pending is rec:
+                        self._pending = None
+                raise
+            return
+        rec["_dev"] = self._measure(optimizer, n)
         with self._lock:
             previous = self._pending
             self._pending = rec

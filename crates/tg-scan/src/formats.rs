@@ -410,12 +410,10 @@ impl Cx<'_> {
         Ok(())
     }
 
-    /// Reads what `run_pickle` left unread in `prefix`.
+    /// Reads every span `run_pickle` left unread in `prefix`.
     fn fill(&mut self, src: &dyn ReadAt, prefix: &mut Prefix) -> Result<(), String> {
-        for (from, to) in std::mem::take(&mut prefix.unread) {
-            src.read_exact_at(&mut prefix.buf[from..to], prefix.at + from as u64)
-                .map_err(|e| e.to_string())?;
-            self.bytes_read += (to - from) as u64;
+        while let Some(&(from, to)) = prefix.unread.first() {
+            self.fill_span(src, prefix, from, to)?;
         }
         Ok(())
     }
@@ -1249,8 +1247,9 @@ enum Stream<'a> {
 /// The first read of a pickle stream in a file, and the least read after a span left unread.
 const FIRST_WINDOW: u64 = 64 << 10;
 
-/// The contents of a `bytes` object at least this long that a pickle in a file holds are left
-/// unread unless the verdict depends on them (an array's raw data in a pickled model, say).
+/// Data the machine only steps over, at least this long, is left unread unless the verdict
+/// depends on it: the contents of a large `bytes` object (a pickled numpy array's raw data),
+/// or the raw array data joblib's loader skips.
 const UNREAD_CONTENTS: u64 = 64 << 10;
 
 /// The most spans one pickle stream leaves unread. Each costs one more run of the stream's
@@ -1258,8 +1257,8 @@ const UNREAD_CONTENTS: u64 = 64 << 10;
 const MAX_UNREAD_SPANS: usize = 32;
 
 /// Bytes of a file read for its pickle streams: the first `len` bytes of `buf` hold the file
-/// from `at` on, except the spans in `unread` (in order), each inside the contents of one large
-/// `bytes` object, which hold whatever the buffer held before.
+/// from `at` on, except the spans in `unread` (in order), each inside data the machine only
+/// stepped over ([`UNREAD_CONTENTS`]), which hold whatever the buffer held before.
 ///
 /// The buffer comes from the scanner's pool and goes back to it: memory a scan has touched
 /// once costs no page fault the next time, and a span left unread costs nothing at all when

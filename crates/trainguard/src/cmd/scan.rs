@@ -154,13 +154,8 @@ pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
     } else {
         Some(globs(&args.include)?)
     };
-    let threads = match args.threads {
-        Some(n) if n > 0 => n,
-        // One scanning thread per core besides the one that walks: the walk is mostly system
-        // calls and leaves its core partly idle, and on this 2-core benchmark machine 3 threads
-        // scanned the corpus 8-11% and a mixed-format folder 8-12% faster than 2 (bench/README.md).
-        _ => std::thread::available_parallelism().map_or(1, usize::from) + 1,
-    };
+    // None: the default (`default_threads`).
+    let threads = args.threads.filter(|&n| n > 0);
     let bar = (!args.no_progress && std::io::stderr().is_terminal()).then(|| {
         // Hidden until the walk has found more than a handful of files.
         let b = indicatif::ProgressBar::with_draw_target(
@@ -260,22 +255,32 @@ struct Found {
 /// A report, with its JSON line when the workers render them.
 type Scanned = (FileReport, Option<String>);
 
-/// Walk `walk` and scan every file found on up to `threads` threads, this one among them, and
-/// return the reports in the walk's order. Files are scanned while the walk goes on: each
-/// thread takes the next file as soon as the walk has found it, so one slow file holds up
-/// nothing else, and the walk costs no time of its own. This thread walks, then scans. (A
-/// rayon pool would start every worker and leave this thread waiting; for a directory that
-/// scans in milliseconds, a thread's start-up, its stack and its malloc arena cost more than
-/// they bring, so a helper is only started once there is a file for it.) A thread that cannot
-/// be started is done without.
+/// One scanning thread per core besides the one that walks: the walk is mostly system calls and
+/// leaves its core partly idle, and on this 2-core benchmark machine 3 threads scanned the
+/// corpus 8-11% and a mixed-format folder 8-12% faster than 2 (bench/README.md). The cores are
+/// what the process may use, CPU quotas included: finding out reads cgroup files, which costs
+/// tens of µs, so it is only done once a third file needs a thread.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from) + 1
+}
+
+/// Walk `walk` and scan every file found on up to `threads` threads (by default
+/// [`default_threads`]), this one among them, and return the reports in the walk's order.
+/// Files are scanned while the walk goes on: each thread takes the next file as soon as the
+/// walk has found it, so one slow file holds up nothing else, and the walk costs no time of
+/// its own. This thread walks, then scans. (A rayon pool would start every worker and leave
+/// this thread waiting; for a directory that scans in milliseconds, a thread's start-up, its
+/// stack and its malloc arena cost more than they bring, so a helper is only started once there
+/// is a file for it.) A thread that cannot be started is done without.
 fn scan_all(
     scanner: &Scanner,
     walk: &Walk<'_>,
-    threads: usize,
+    threads: Option<usize>,
     bar: Option<&indicatif::ProgressBar>,
     json_lines: bool,
 ) -> (Vec<Scanned>, Vec<String>) {
     let jobs = Jobs::default();
+    let limit = std::cell::OnceCell::new();
     let work = || {
         let mut done: Vec<(usize, Scanned)> = Vec::new();
         while let Some((i, path)) = jobs.take() {
@@ -299,8 +304,14 @@ fn scan_all(
                     b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
                 }
             }
-            // A helper for the second file, and one more per file after it, up to `threads`.
-            if !spawn_failed && helpers.len() + 1 < threads && helpers.len() < i {
+            // A helper for the second file, and one more per file after it, up to the limit
+            // (the default is only worked out for a third file).
+            let room = if helpers.is_empty() {
+                threads != Some(1)
+            } else {
+                helpers.len() + 1 < *limit.get_or_init(|| threads.unwrap_or_else(default_threads))
+            };
+            if !spawn_failed && room && helpers.len() < i {
                 match std::thread::Builder::new()
                     .name(format!("scan-{}", helpers.len() + 1))
                     .spawn_scoped(s, work)

@@ -854,11 +854,13 @@ mod pass {
             Split { pass, worker }
         }
 
-        /// The pass `post` posted (`posted`), or a pass on this thread alone: the worker
-        /// cannot run here (a child forked meanwhile).
-        pub(super) fn resume(pass: &'a Arc<Pass>, posted: bool) -> Split<'a> {
-            let worker = if posted { worker() } else { None };
-            Split { pass, worker }
+        /// The pass `post` posted, or a pass on this thread alone where the worker cannot run
+        /// (a child forked meanwhile).
+        pub(super) fn resume(pass: &'a Arc<Pass>) -> Split<'a> {
+            Split {
+                pass,
+                worker: worker(),
+            }
         }
 
         /// Takes the items left, waits for the worker: the per-tensor sums (reduced to their
@@ -1147,7 +1149,7 @@ impl WordSums {
         let len = n8 + self.plans_len(&plans)?;
         PyBytes::new_with(py, len, |out| {
             let split = if self.started.swap(false, Ordering::Relaxed) {
-                Split::resume(&self.pass, true)
+                Split::resume(&self.pass)
             } else {
                 Split::start(&self.pass, self.two)
             };

@@ -1596,12 +1596,7 @@ class Watch:
             if calls:
                 rec["seed_calls"] = calls[-_MAX_SEED_CALLS:]
         if host:
-            with self._lock:
-                previous = self._pending
-                self._pending = rec
-                if self._loss_next is not None:
-                    rec["_loss"] = self._loss_next
-                    self._loss_next = None
+            previous = self._make_pending(rec)
             if previous is not None:
                 self._sender.put(previous)
             # Last: it ends with the pass over the weights, after which everything else would be
@@ -1615,12 +1610,7 @@ class Watch:
                 raise
             return
         rec["_dev"] = self._measure(optimizer, n)
-        with self._lock:
-            previous = self._pending
-            self._pending = rec
-            if self._loss_next is not None:
-                rec["_loss"] = self._loss_next
-                self._loss_next = None
+        previous = self._make_pending(rec)
         if end is not None:
             import torch
 
@@ -1834,6 +1824,16 @@ class Watch:
         return _expected_adam(np, group, f32(state["exp_avg"]), f32(state[vkey]), step, before, kind == "adamw")
 
     # -- finalising records ----------------------------------------------------------------
+    def _make_pending(self, rec: dict) -> dict | None:
+        """Makes `rec` the step record `log()` attaches to, with a loss logged ahead of it, and
+        returns the record it replaces (to queue)."""
+        with self._lock:
+            previous, self._pending = self._pending, rec
+            if self._loss_next is not None:
+                rec["_loss"] = self._loss_next
+                self._loss_next = None
+        return previous
+
     def _queue_when_ready(self, rec: dict) -> None:
         if any(w[0] is rec for w in self._device_wait):
             rec["_ready"] = True  # sent once its CUDA events complete

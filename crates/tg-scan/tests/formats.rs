@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use tg_report::{FileReport, Verdict};
 use tg_scan::Scanner;
 
+mod support;
+use support::XorShift;
+
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/format_fixtures")
 }
@@ -339,17 +342,6 @@ fn chat_templates_are_judged_by_what_they_reach() {
         assert_eq!(judge(t), Verdict::Malicious, "{t}");
     }
     assert_eq!(judge("{% include 'other.j2' %}"), Verdict::Suspicious);
-}
-
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 fn mutate(rng: &mut XorShift, seed: &[u8]) -> Vec<u8> {

@@ -6,6 +6,9 @@ use std::path::Path;
 use tg_report::{FileReport, Verdict};
 use tg_scan::Scanner;
 
+mod support;
+use support::XorShift;
+
 const PAYLOAD: usize = 600 << 10;
 
 /// `BINBYTES` of `n` bytes of `fill`.
@@ -73,6 +76,18 @@ fn scan_file(dir: &Path, name: &str, bytes: &[u8]) -> FileReport {
     Scanner::default().scan_path(&path)
 }
 
+/// The same bytes scanned from memory (read whole).
+fn whole_read(r: &FileReport, bytes: &[u8]) -> FileReport {
+    Scanner::default().scan_bytes(&r.path, bytes)
+}
+
+/// `r`, scanned from a file, has the findings and notes of a whole read of `bytes`.
+fn assert_as_whole_read(r: &FileReport, bytes: &[u8], what: &str) {
+    let whole = whole_read(r, bytes);
+    assert_eq!(whole.findings, r.findings, "{what}");
+    assert_eq!(whole.notes, r.notes, "{what}");
+}
+
 fn describe(r: &FileReport) -> String {
     format!("{:?} {:?} {:?}", r.verdict, r.findings, r.notes)
 }
@@ -92,10 +107,8 @@ fn large_bytes_contents_are_not_read_for_a_clean_verdict() {
         bytes.len()
     );
     // The same bytes judged from memory (read whole) give the same report.
-    let whole = Scanner::default().scan_bytes(&r.path, &bytes);
-    assert_eq!(whole.verdict, r.verdict);
-    assert_eq!(whole.findings, r.findings);
-    assert_eq!(whole.notes, r.notes);
+    assert_eq!(whole_read(&r, &bytes).verdict, r.verdict);
+    assert_as_whole_read(&r, &bytes, "whole read");
 }
 
 #[test]
@@ -114,9 +127,7 @@ fn a_pickle_inside_large_bytes_passed_to_a_loader_is_still_followed() {
                 .is_some_and(|e| e.contains("os.system") && e.contains("echo pwned"))
     });
     assert!(inner, "{}", describe(&r));
-    let whole = Scanner::default().scan_bytes(&r.path, &bytes);
-    assert_eq!(whole.findings, r.findings);
-    assert_eq!(whole.notes, r.notes);
+    assert_as_whole_read(&r, &bytes, "whole read");
 }
 
 #[test]
@@ -126,9 +137,7 @@ fn a_pickle_stacked_after_large_bytes_is_scanned() {
     let bytes = [data_only(), evil].concat();
     let r = scan_file(dir.path(), "stacked.pkl", &bytes);
     assert_eq!(r.verdict, Verdict::Malicious, "{}", describe(&r));
-    let whole = Scanner::default().scan_bytes(&r.path, &bytes);
-    assert_eq!(whole.findings, r.findings);
-    assert_eq!(whole.notes, r.notes);
+    assert_as_whole_read(&r, &bytes, "whole read");
 }
 
 #[test]
@@ -146,7 +155,7 @@ fn a_lying_bytes_length_is_not_skipped_past_the_end() {
     bytes.resize(PAYLOAD, 0x41);
     let r = scan_file(dir.path(), "lying.pkl", &bytes);
     assert_ne!(r.verdict, Verdict::Clean, "{}", describe(&r));
-    let whole = Scanner::default().scan_bytes(&r.path, &bytes);
+    let whole = whole_read(&r, &bytes);
     assert_eq!(whole.verdict, r.verdict);
     assert_eq!(whole.findings, r.findings);
 }
@@ -168,9 +177,7 @@ fn a_finding_that_does_not_show_large_bytes_does_not_read_them() {
     let r = scan_file(dir.path(), "net.pkl", &bytes);
     assert_eq!(r.verdict, Verdict::Suspicious, "{}", describe(&r));
     assert!(r.bytes_read < (PAYLOAD / 2) as u64, "read {}", r.bytes_read);
-    let whole = Scanner::default().scan_bytes(&r.path, &bytes);
-    assert_eq!(whole.findings, r.findings);
-    assert_eq!(whole.notes, r.notes);
+    assert_as_whole_read(&r, &bytes, "whole read");
 }
 
 #[test]
@@ -191,9 +198,7 @@ fn many_large_bytes_objects_are_judged_like_a_whole_read() {
     let r = scan_file(dir.path(), "many.pkl", &bytes);
     assert_eq!(r.verdict, Verdict::Malicious, "{}", describe(&r));
     assert!(r.bytes_read < bytes.len() as u64, "read {}", r.bytes_read);
-    let whole = Scanner::default().scan_bytes(&r.path, &bytes);
-    assert_eq!(whole.findings, r.findings);
-    assert_eq!(whole.notes, r.notes);
+    assert_as_whole_read(&r, &bytes, "whole read");
 }
 
 #[test]
@@ -257,9 +262,7 @@ fn joblib_array_data_is_not_read_and_the_payload_after_it_is_found() {
         r.bytes_read,
         bytes.len()
     );
-    let whole = Scanner::default().scan_bytes(&r.path, &bytes);
-    assert_eq!(whole.findings, r.findings);
-    assert_eq!(whole.notes, r.notes);
+    assert_as_whole_read(&r, &bytes, "whole read");
 }
 
 #[test]
@@ -269,10 +272,13 @@ fn array_data_that_plain_pickle_load_reads_as_opcodes_is_read_for_that_view() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = joblib_with_array(20_000, b'N', b'N');
     let r = scan_file(dir.path(), "nones.joblib", &bytes);
-    let whole = Scanner::default().scan_bytes(&r.path, &bytes);
-    assert_eq!(whole.verdict, r.verdict, "{}", describe(&r));
-    assert_eq!(whole.findings, r.findings);
-    assert_eq!(whole.notes, r.notes);
+    assert_eq!(
+        whole_read(&r, &bytes).verdict,
+        r.verdict,
+        "{}",
+        describe(&r)
+    );
+    assert_as_whole_read(&r, &bytes, "whole read");
     // Everything, once: the first window, the rest when pickle.load's view got there.
     assert_eq!(
         r.bytes_read,
@@ -280,22 +286,6 @@ fn array_data_that_plain_pickle_load_reads_as_opcodes_is_read_for_that_view() {
         "{}",
         describe(&r)
     );
-}
-
-/// A tiny xorshift: reproducible mutations without a dependency.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 #[test]
@@ -324,9 +314,8 @@ fn mutated_files_are_judged_exactly_as_a_whole_read() {
             bytes[at] = rng.next() as u8;
         }
         let r = scan_file(dir.path(), &format!("m{round}.pkl"), &bytes);
-        let whole = Scanner::default().scan_bytes(&r.path, &bytes);
+        let whole = whole_read(&r, &bytes);
         assert_eq!(whole.verdict, r.verdict, "round {round}: {}", describe(&r));
-        assert_eq!(whole.findings, r.findings, "round {round}");
-        assert_eq!(whole.notes, r.notes, "round {round}");
+        assert_as_whole_read(&r, &bytes, &format!("round {round}"));
     }
 }

@@ -275,7 +275,7 @@ fn analyze_depth(
         input,
         pos: start,
         opts,
-        arena: Arena::with_capacity(value_hint(input, start, &opts.limits)),
+        arena: Arena::default(),
         events: Vec::new(),
         stack: Vec::new(),
         marks: Vec::new(),
@@ -303,22 +303,6 @@ fn analyze_depth(
         nested: m.nested,
         need: m.need,
     }
-}
-
-/// Most values to reserve up front, in values (32 MiB): past this, doubling is cheap enough.
-const MAX_VALUE_HINT: usize = 1 << 20;
-
-/// How many values to reserve before running: about one per input byte (every opcode that
-/// creates a value is at least one byte), capped. In a short-lived scanner process, growing
-/// the arena by doubling copies it into freshly touched memory at every step, and each first
-/// touch of a page is a page fault; reserved capacity that is never touched costs only address
-/// space.
-fn value_hint(input: &[u8], start: usize, limits: &Limits) -> usize {
-    input
-        .len()
-        .saturating_sub(start)
-        .min(limits.max_values)
-        .min(MAX_VALUE_HINT)
 }
 
 /// Most memo slots kept in a plain array, indexed directly: (8 bytes each, at most 2 MiB)
@@ -519,15 +503,22 @@ impl<'a> Machine<'a> {
         let end = self
             .frame_end
             .map_or(self.input.len(), |e| e.min(self.input.len()));
-        while self.pos + 9 <= end
-            && self.input[self.pos] == Opcode::BinFloat as u8
-            && self.ops < self.opts.limits.max_ops
-            && self.stack.len() < self.opts.limits.max_stack
-        {
-            self.stack.push(id);
-            self.ops += 1;
-            self.pos += 9;
-        }
+        let ops_left = self.opts.limits.max_ops.saturating_sub(self.ops);
+        let room = usize::try_from(ops_left)
+            .unwrap_or(usize::MAX)
+            .min(self.opts.limits.max_stack.saturating_sub(self.stack.len()));
+        let floats = self
+            .input
+            .get(self.pos..end)
+            .unwrap_or_default()
+            .chunks_exact(9)
+            .take(room)
+            .take_while(|op| op[0] == Opcode::BinFloat as u8)
+            .count();
+        // One fill instead of a push per float: the run is most of a float list's pickle.
+        self.stack.resize(self.stack.len() + floats, id);
+        self.ops += floats as u64;
+        self.pos += 9 * floats;
         Ok(())
     }
 

@@ -116,69 +116,97 @@ pub struct Call {
 
 /// Storage for every value of one analysis.
 ///
-/// A dropped arena's vector goes back to a small pool, emptied, and the next analysis starts
-/// from it. A scan analyses many pickles one after another;
-/// without the pool each one maps a fresh vector, faults its pages in and unmaps them again,
-/// which cost more than running the pickles.
+/// Values live in chunks that never move: chunk `k` holds `FIRST_CHUNK << k` values, so an id's
+/// chunk is one leading-zeros count away, and growing allocates a new chunk instead of copying
+/// (or, for a large vector, `mremap`-ing) the ones before it. In a short-lived scanner process
+/// on a multi-core virtual machine, remapping a large vector while other threads run costs a
+/// TLB shoot-down on every core, and copying one faults in fresh pages: both cost more than
+/// running the pickle. Dropped chunks go back to a small pool, emptied, and the next analysis
+/// on any thread starts from them.
 #[derive(Debug, Default)]
 pub struct Arena {
-    values: Vec<Value>,
+    chunks: Vec<Vec<Value>>,
+    len: usize,
     /// The span of the input covering every `Bytes::Input` contents read so far through
     /// [`Arena::as_bytes`].
     read: std::cell::Cell<Option<(usize, usize)>>,
 }
 
-/// Emptied value vectors, shared by every thread: a scan's threads come and go, and memory one
-/// of them faulted in serves the next analysis on any of them (a pool per thread would also be
-/// unmapped at each thread's exit, while its caller waits to join it).
-static SPARE: std::sync::Mutex<Vec<Vec<Value>>> = std::sync::Mutex::new(Vec::new());
+/// Values in an arena's first chunk (8 KiB); each further chunk doubles.
+const FIRST_CHUNK: usize = 1 << 8;
 
-/// How many spare vectors the pool keeps (threads times nested pickles).
-const SPARE_ARENAS: usize = 16;
+/// Chunk sizes the pool keeps, as chunk numbers `0..POOLED_CHUNKS` (the largest 16 MiB):
+/// bigger chunks go back to the system.
+const POOLED_CHUNKS: usize = 12;
 
-/// The largest vector kept for reuse, in values (32 MiB): a bigger one goes back to the system.
-const MAX_SPARE_VALUES: usize = 1 << 20;
+/// How many chunks of each size the pool keeps (threads times nested pickles).
+const SPARE_CHUNKS: usize = 8;
 
-/// The pool, whatever a panicking thread left in it (only emptied vectors go in).
-fn spare() -> std::sync::MutexGuard<'static, Vec<Vec<Value>>> {
+/// The chunk holding value `id`, and the index in it.
+fn locate(id: usize) -> (usize, usize) {
+    let j = id + FIRST_CHUNK;
+    let k = (j.ilog2() - FIRST_CHUNK.ilog2()) as usize;
+    (k, j - (FIRST_CHUNK << k))
+}
+
+/// Emptied chunks by chunk number, shared by every thread: a scan's threads come and go, and
+/// memory one of them faulted in serves the next analysis on any of them (a pool per thread
+/// would also be unmapped at each thread's exit, while its caller waits to join it).
+static SPARE: std::sync::Mutex<[Vec<Vec<Value>>; POOLED_CHUNKS]> =
+    std::sync::Mutex::new([const { Vec::new() }; POOLED_CHUNKS]);
+
+/// The pool, whatever a panicking thread left in it (only emptied chunks go in).
+fn spare() -> std::sync::MutexGuard<'static, [Vec<Vec<Value>>; POOLED_CHUNKS]> {
     SPARE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl Arena {
-    pub(crate) fn with_capacity(n: usize) -> Self {
-        let mut values = spare().pop().unwrap_or_default();
-        values.reserve(n);
-        Arena {
-            values,
-            read: std::cell::Cell::new(None),
-        }
-    }
+/// An empty chunk for chunk number `k`: a pooled one, or a new one.
+fn take_chunk(k: usize) -> Vec<Value> {
+    let pooled = if k < POOLED_CHUNKS {
+        spare()[k].pop()
+    } else {
+        None
+    };
+    pooled.unwrap_or_else(|| Vec::with_capacity(FIRST_CHUNK << k))
+}
 
+impl Arena {
     /// The value at `id`.
     pub fn get(&self, id: Id) -> &Value {
-        &self.values[id.0 as usize]
+        let (k, i) = locate(id.0 as usize);
+        &self.chunks[k][i]
     }
 
     pub(crate) fn get_mut(&mut self, id: Id) -> &mut Value {
-        &mut self.values[id.0 as usize]
+        let (k, i) = locate(id.0 as usize);
+        &mut self.chunks[k][i]
     }
 
     pub(crate) fn push(&mut self, v: Value) -> Id {
-        let id = Id(u32::try_from(self.values.len()).unwrap_or(u32::MAX));
-        self.values.push(v);
+        let id = Id(u32::try_from(self.len).unwrap_or(u32::MAX));
+        let full = match self.chunks.last() {
+            Some(last) => last.len() == FIRST_CHUNK << (self.chunks.len() - 1),
+            None => true,
+        };
+        if full {
+            self.chunks.push(take_chunk(self.chunks.len()));
+        }
+        let last = self.chunks.len() - 1;
+        self.chunks[last].push(v);
+        self.len += 1;
         id
     }
 
     /// How many values were created.
     pub fn len(&self) -> usize {
-        self.values.len()
+        self.len
     }
 
     /// Whether no value was created.
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.len == 0
     }
 
     /// The smallest span of the analysed buffer that covers the contents of every `bytes`
@@ -421,14 +449,47 @@ fn py_repr(s: &str, out: &mut String) {
 
 impl Drop for Arena {
     fn drop(&mut self) {
-        let mut values = std::mem::take(&mut self.values);
-        if values.capacity() == 0 || values.capacity() > MAX_SPARE_VALUES {
-            return;
+        let mut chunks = std::mem::take(&mut self.chunks);
+        chunks.truncate(POOLED_CHUNKS);
+        for chunk in &mut chunks {
+            chunk.clear();
         }
-        values.clear();
         let mut spare = spare();
-        if spare.len() < SPARE_ARENAS {
-            spare.push(values);
+        for (k, chunk) in chunks.into_iter().enumerate() {
+            if spare[k].len() < SPARE_CHUNKS {
+                spare[k].push(chunk);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_start_where_the_previous_one_ends() {
+        assert_eq!(locate(0), (0, 0));
+        assert_eq!(locate(FIRST_CHUNK - 1), (0, FIRST_CHUNK - 1));
+        assert_eq!(locate(FIRST_CHUNK), (1, 0));
+        assert_eq!(locate(3 * FIRST_CHUNK - 1), (1, 2 * FIRST_CHUNK - 1));
+        assert_eq!(locate(3 * FIRST_CHUNK), (2, 0));
+        assert_eq!(locate(u32::MAX as usize).0, 24);
+    }
+
+    #[test]
+    fn every_value_comes_back_across_chunks_and_reuse() {
+        for round in 0..3 {
+            let mut arena = Arena::default();
+            let n = 40_000 + round * 7;
+            let ids: Vec<Id> = (0..n).map(|i| arena.push(Value::Int(i as i64))).collect();
+            assert_eq!(arena.len(), n);
+            for (i, id) in ids.iter().enumerate() {
+                assert_eq!(id.0 as usize, i);
+                assert_eq!(arena.get(*id), &Value::Int(i as i64));
+            }
+            *arena.get_mut(ids[n - 1]) = Value::None;
+            assert_eq!(arena.get(ids[n - 1]), &Value::None);
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -146,7 +147,7 @@ pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
     limits.archive.max_member_bytes = args.max_member_bytes;
     limits.archive.max_entries = args.max_entries;
     limits.timeout = Duration::from_secs(args.timeout);
-    let scanner = Scanner::new(policy, limits);
+    let scanner = Arc::new(Scanner::new(policy, limits));
 
     let exclude = globs(&args.exclude)?;
     let include = if args.include.is_empty() {
@@ -272,88 +273,76 @@ fn default_threads() -> usize {
 /// this thread waiting; for a directory that scans in milliseconds, a thread's start-up, its
 /// stack and its malloc arena cost more than they bring, so a helper is only started once there
 /// is a file for it.) A thread that cannot be started is done without.
+///
+/// This thread waits for the reports, not for the helpers: on a virtual machine a new thread
+/// can take milliseconds to get a core (seen here: 5 ms after every file was scanned), and
+/// joining it would hold the whole scan for that. A helper that starts after the last file
+/// was taken finds nothing and ends on its own, or with the process.
 fn scan_all(
-    scanner: &Scanner,
+    scanner: &Arc<Scanner>,
     walk: &Walk<'_>,
     threads: Option<usize>,
     bar: Option<&indicatif::ProgressBar>,
     json_lines: bool,
 ) -> (Vec<Scanned>, Vec<String>) {
-    let jobs = Jobs::default();
+    let pool = Arc::new(Pool::default());
     let limit = std::cell::OnceCell::new();
-    let work = || {
-        let mut done: Vec<(usize, Scanned)> = Vec::new();
-        while let Some((i, path)) = jobs.take() {
-            let report = scanner.scan_path(&path);
-            let line = json_lines.then(|| tg_report::jsonl::line(&report));
-            done.push((i, (report, line)));
-            if let Some(b) = bar {
-                b.inc(1);
+    let mut helpers = 0;
+    let mut spawn_failed = false;
+    let mut hand_over = |path: &Path| {
+        let i = pool.jobs.push(path.to_path_buf());
+        if let Some(b) = bar {
+            b.inc_length(1);
+            if i == 8 {
+                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             }
         }
-        done
-    };
-    let (found, errors, done) = std::thread::scope(|s| {
-        let mut helpers = Vec::new();
-        let mut spawn_failed = false;
-        let mut hand_over = |path: &Path| {
-            let i = jobs.push(path.to_path_buf());
-            if let Some(b) = bar {
-                b.inc_length(1);
-                if i == 8 {
-                    b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-                }
-            }
-            // A helper for the second file, and one more per file after it, up to the limit
-            // (the default is only worked out for a third file).
-            let room = if helpers.is_empty() {
-                threads != Some(1)
-            } else {
-                helpers.len() + 1 < *limit.get_or_init(|| threads.unwrap_or_else(default_threads))
-            };
-            if !spawn_failed && room && helpers.len() < i {
-                match std::thread::Builder::new()
-                    .name(format!("scan-{}", helpers.len() + 1))
-                    .spawn_scoped(s, work)
-                {
-                    Ok(h) => helpers.push(h),
-                    Err(_) => spawn_failed = true,
-                }
-            }
-            i
+        // A helper for the second file, and one more per file after it, up to the limit
+        // (the default is only worked out for a third file).
+        let room = if helpers == 0 {
+            threads != Some(1)
+        } else {
+            helpers + 1 < *limit.get_or_init(|| threads.unwrap_or_else(default_threads))
         };
-        let (found, errors) = collect_files(walk, &mut hand_over);
-        // Files reached only through a symlink were held back until every name was known.
-        let found = dedupe_links(found, walk.roots.len() > 1);
-        let found: Vec<Found> = found
-            .into_iter()
-            .map(|mut f| {
-                if f.job.is_none() {
-                    f.job = Some(hand_over(&f.path));
-                }
-                f
-            })
-            .collect();
-        jobs.close();
-        let mut all = work();
-        for h in helpers {
-            match h.join() {
-                Ok(more) => all.extend(more),
-                Err(panic) => std::panic::resume_unwind(panic),
+        if !spawn_failed && room && helpers < i {
+            let (pool, scanner, bar) = (Arc::clone(&pool), Arc::clone(scanner), bar.cloned());
+            let spawned = std::thread::Builder::new()
+                .name(format!("scan-{}", helpers + 1))
+                .spawn(move || {
+                    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        scan_jobs(&scanner, &pool.jobs, bar.as_ref(), json_lines)
+                    }));
+                    pool.deliver(done);
+                });
+            match spawned {
+                Ok(_) => helpers += 1,
+                Err(_) => spawn_failed = true,
             }
         }
-        (found, errors, all)
-    });
+        i
+    };
+    let (found, errors) = collect_files(walk, &mut hand_over);
+    // Files reached only through a symlink were held back until every name was known.
+    let found = dedupe_links(found, walk.roots.len() > 1);
+    let found: Vec<Found> = found
+        .into_iter()
+        .map(|mut f| {
+            if f.job.is_none() {
+                f.job = Some(hand_over(&f.path));
+            }
+            f
+        })
+        .collect();
+    pool.jobs.close();
+    let mine = scan_jobs(scanner, &pool.jobs, bar, json_lines);
+    let done = pool.wait_for_rest(mine);
     let mut by_job: Vec<Option<Scanned>> =
         std::iter::repeat_with(|| None).take(done.len()).collect();
     for (i, scanned) in done {
         by_job[i] = Some(scanned);
     }
-    let scanned_as = jobs
-        .queue
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .paths;
+    // Taken, not cloned: a helper that starts from now on finds the queue empty and closed.
+    let scanned_as = std::mem::take(&mut pool.jobs.lock().paths);
     let scanned = found
         .into_iter()
         .filter_map(|f| {
@@ -368,6 +357,79 @@ fn scan_all(
         })
         .collect();
     (scanned, errors)
+}
+
+/// Scan files from `jobs` until none is left.
+fn scan_jobs(
+    scanner: &Scanner,
+    jobs: &Jobs,
+    bar: Option<&indicatif::ProgressBar>,
+    json_lines: bool,
+) -> Vec<(usize, Scanned)> {
+    let mut done = Vec::new();
+    while let Some((i, path)) = jobs.take() {
+        let report = scanner.scan_path(&path);
+        let line = json_lines.then(|| tg_report::jsonl::line(&report));
+        done.push((i, (report, line)));
+        if let Some(b) = bar {
+            b.inc(1);
+        }
+    }
+    done
+}
+
+/// The jobs, and the reports the helpers hand back when they run out of jobs.
+#[derive(Default)]
+struct Pool {
+    jobs: Jobs,
+    handed_back: std::sync::Mutex<HandedBack>,
+    delivered: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct HandedBack {
+    done: Vec<(usize, Scanned)>,
+    /// A helper's panic, raised again on the walking thread.
+    panic: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl Pool {
+    fn handed_back(&self) -> std::sync::MutexGuard<'_, HandedBack> {
+        self.handed_back
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn deliver(&self, done: std::thread::Result<Vec<(usize, Scanned)>>) {
+        let mut back = self.handed_back();
+        match done {
+            Ok(done) => back.done.extend(done),
+            Err(panic) => back.panic = Some(panic),
+        }
+        drop(back);
+        self.delivered.notify_all();
+    }
+
+    /// Every report, once the helpers have handed back the files they took (the queue is
+    /// closed and empty when this is called, so no file is left untaken).
+    fn wait_for_rest(&self, mut all: Vec<(usize, Scanned)>) -> Vec<(usize, Scanned)> {
+        let total = self.jobs.lock().paths.len();
+        let mut back = self.handed_back();
+        loop {
+            if let Some(panic) = back.panic.take() {
+                drop(back);
+                std::panic::resume_unwind(panic);
+            }
+            if all.len() + back.done.len() >= total {
+                all.append(&mut back.done);
+                return all;
+            }
+            back = self
+                .delivered
+                .wait(back)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
 }
 
 /// The files found so far, shared between the walk and the scanning threads.

@@ -31,10 +31,12 @@ means over steps of: the training thread's CPU inside watch's hooks and `log()`
 (`thread_time_ns` around them) per step and as a percentage of the plain step (`in watch`, the
 judged number), the wall time of the same sections (`wall`, against the plain step's wall: it
 includes any wait for the worker thread that CPU time does not see, and preemption under load),
-the CPU of the native worker thread that shares the pass over the weights (`worker`: CPU another
-core spends for watch inside the hook), the two together (`both`: all the CPU watch's
-per-step reads cost), and the CPU of watch's sender thread per step (hashing, JSON, HTTP; it runs
-beside the loop). Ratios are against `plain`. Every arm reports to a real collector
+the CPU of the native worker thread that makes the pass over the parameters (`worker`: CPU another
+core spends for watch, from the post-hook on, while the loop goes on), the two together (`both`:
+all the CPU watch's per-step reads cost), the CPU of watch's sender thread per step (hashing,
+JSON, HTTP; it runs beside the loop), and the medians over rounds of the arm's step wall time and
+training-thread CPU minus `plain`'s in the same round (`Δwall`, `ΔCPU`: what the arm costs the
+whole step, work the worker slows down included). Ratios are against `plain`. Every arm reports to a real collector
 (`trainguard watch serve` on a free loopback port with a temporary database) when the binary is
 built (TRAINGUARD=path, else target/release or target/debug), otherwise to a closed port (events
 are spooled to a temporary file). `--json PATH` writes every number. Needs torch.
@@ -130,7 +132,7 @@ def load_baseline(path: Path):
 
 def worker_clock():
     """The CPU clock of the native pass worker thread (shared by every watch of the process; it
-    only runs inside watch's post-hook), or None when there is none (yet)."""
+    runs from watch's post-hook on), or None when there is none (yet)."""
     try:
         from trainguard._native import sums_worker_thread
     except ImportError:
@@ -300,6 +302,12 @@ def run_loop(name: str, arms: dict, steps: int, args, url: str, live: bool, tmp:
     keys = ("wall", "thread_cpu", "inside", "inside_wall", "worker")
     samples: dict[str, dict[str, list[float]]] = {a: {k: [] for k in keys} for a in arms}
     clock = worker_clock()
+    # The worker's clock at the start of every arm's step, in order: a pass the worker makes for
+    # one arm may run on into the next arm's step (it is posted at the end of the step and
+    # collected at the next pre-hook), so an arm's worker CPU is counted from the start of its
+    # step to the end of the next arm's (which never uses this module's worker: the arms that do
+    # alternate with plain ones, and `before` has its own native module).
+    marks: list[tuple[str, bool, float]] = []
     sender_cpu0 = {a: thread_cpu_s(s[3]._sender.thread) for a, s in setups.items() if s[3] is not None}
     warmup = 5
     for i in range(warmup + steps):
@@ -308,6 +316,7 @@ def run_loop(name: str, arms: dict, steps: int, args, url: str, live: bool, tmp:
                 torch.cuda.synchronize()
             _inside_ns[0] = _inside_wall_ns[0] = 0
             k0 = time.clock_gettime(clock) if clock is not None else 0.0
+            marks.append((arm, i >= warmup and w is not None, k0))
             t0, c0 = time.perf_counter(), time.thread_time()
             loss = forward(i)
             opt.zero_grad(set_to_none=True)
@@ -323,7 +332,14 @@ def run_loop(name: str, arms: dict, steps: int, args, url: str, live: bool, tmp:
                 s["thread_cpu"].append(time.thread_time() - c0)
                 s["inside"].append(_inside_ns[0] / 1e9)
                 s["inside_wall"].append(_inside_wall_ns[0] / 1e9)
-                s["worker"].append(time.clock_gettime(clock) - k0 if clock is not None else 0.0)
+    end = time.clock_gettime(clock) if clock is not None else 0.0
+    for j, (arm, counted, k0) in enumerate(marks):
+        if counted:
+            k2 = marks[j + 2][2] if j + 2 < len(marks) else end
+            samples[arm]["worker"].append(k2 - k0)
+    for arm, s in samples.items():
+        if not s["worker"]:
+            s["worker"] = [0.0] * len(s["wall"])
     sender = {a: (thread_cpu_s(setups[a][3]._sender.thread) - c) / (warmup + steps) for a, c in sender_cpu0.items()}
     delivered = {a: s[3].close(timeout=10 if live else 0.1) for a, s in setups.items() if s[3] is not None}
     return report(name, desc, samples, sender, steps, args, sink, delivered)
@@ -335,15 +351,23 @@ def report(name: str, desc: str, samples: dict, sender: dict, steps: int, args, 
     # costs.
     mean = {arm: {k: statistics.fmean(v) for k, v in s.items()} for arm, s in samples.items()}
     base = med["plain"]
+    # Step wall time against `plain` in the same round (the arms are stepped one after the
+    # other, so a pair shares the machine's state): the median of the differences, which sees
+    # what the worker thread costs the loop's own computation, not only the hooks.
+    paired = {arm: statistics.median(a - b for a, b in zip(s["wall"], samples["plain"]["wall"]))
+              for arm, s in samples.items()}
+    paired_cpu = {arm: statistics.median(a - b for a, b in zip(s["thread_cpu"], samples["plain"]["thread_cpu"]))
+                  for arm, s in samples.items()}
     judged = " (the loop the 1% target is judged on)" if name == JUDGED else " (fixed-cost floor; not judged)"
     print(f"\n{name}{judged}: {desc}")
     print(f"  device {args.device}, {steps} steps per arm, arms stepped in turn, torch threads {args.threads}, "
           f"events to {sink}, native module: {args.native} build")
     print("  in watch: the training thread's CPU in watch's hooks per step (% of the plain step's CPU); wall: "
           "their wall time (% of the plain step's);\n  worker: CPU of the native pass worker thread per step; "
-          "both: in watch + worker")
+          "both: in watch + worker;\n  Δwall, ΔCPU: medians over rounds of (this arm's step wall, thread CPU - plain's)")
     print(f"  {'arm':<9} {'wall ms':>9} {'ratio':>6} {'thread CPU ms':>13} {'ratio':>6} "
-          f"{'in watch':>9} {'% of step':>9} {'wall':>8} {'%':>6} {'worker':>8} {'both':>8} {'sender CPU':>10}")
+          f"{'in watch':>9} {'% of step':>9} {'wall':>8} {'%':>6} {'worker':>8} {'both':>8} {'sender CPU':>10} "
+          f"{'Δwall':>8} {'%':>6} {'ΔCPU':>8}")
     out = {}
     for arm, m in med.items():
         inside, inside_wall, worker = mean[arm]["inside"], mean[arm]["inside_wall"], mean[arm]["worker"]
@@ -353,7 +377,8 @@ def report(name: str, desc: str, samples: dict, sender: dict, steps: int, args, 
         print(f"  {arm:<9} {1e3 * m['wall']:>9.3f} {m['wall'] / base['wall']:>6.3f} {1e3 * m['thread_cpu']:>13.3f} "
               f"{m['thread_cpu'] / base['thread_cpu']:>6.3f} {1e6 * inside:>7.0f}µs {pct:>8.2f}% "
               f"{1e6 * inside_wall:>6.0f}µs {pct_wall:>5.2f}% {1e6 * worker:>6.0f}µs "
-              f"{1e6 * (inside + worker):>6.0f}µs {snd}")
+              f"{1e6 * (inside + worker):>6.0f}µs {snd} {1e6 * paired[arm]:>6.0f}µs "
+              f"{100 * paired[arm] / base['wall']:>5.2f}% {1e6 * paired_cpu[arm]:>6.0f}µs")
         out[arm] = {
             "median_wall_s": m["wall"],
             "median_thread_cpu_s": m["thread_cpu"],
@@ -364,6 +389,8 @@ def report(name: str, desc: str, samples: dict, sender: dict, steps: int, args, 
             "inside_watch_wall_s_per_step": inside_wall,
             "inside_wall_pct_of_step": pct_wall,
             "worker_cpu_s_per_step": worker,
+            "paired_wall_delta_s": paired[arm],
+            "paired_thread_cpu_delta_s": paired_cpu[arm],
             "sender_cpu_s_per_step": sender.get(arm),
             "steps": samples[arm],
         }

@@ -17,13 +17,14 @@
 //! copies of a few byte ranges). Through torch or NumPy they cost one dispatched call per
 //! tensor, which on a cold cache after an optimizer step costs as much as the memory pass
 //! itself; here they are one call per hook over NumPy views held as Python buffers. The pass
-//! over the weights is shared with a persistent worker thread (module `pass`), which reads the
-//! buffers' memory through a raw pointer: the crate's one `unsafe` block and its exception to
-//! the workspace's `unsafe_code = "forbid"`, with its SAFETY argument next to it.
+//! over the weights is shared with, or left to, a persistent worker thread (module `pass`),
+//! which reads the buffers' memory through a raw pointer: the crate's one `unsafe` block and
+//! its exception to the workspace's `unsafe_code = "forbid"`, with its SAFETY argument next to
+//! it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pyo3::IntoPyObjectExt as _;
 use pyo3::buffer::{ElementType, PyBuffer, PyUntypedBuffer};
@@ -507,7 +508,7 @@ mod pass {
         }
 
         /// Bytes `lo..hi` of this region.
-        fn sub(self, lo: usize, hi: usize) -> Region {
+        pub(super) fn sub(self, lo: usize, hi: usize) -> Region {
             assert!(
                 lo <= hi && hi <= self.len,
                 "a sub-region outside its region"
@@ -545,23 +546,38 @@ mod pass {
         }
         // SAFETY:
         // - Valid and aligned for `n` `T`s: `region` lies inside the memory of a C-contiguous
-        //   buffer (`Region::of`, `Region::sub`) that a `WordSums` holds until it is dropped
-        //   (NumPy refuses to resize or free an array while a buffer of it is exported).
+        //   buffer (`Region::of`, `Region::sub`) that a `WordSums` holds until it is dropped.
+        //   The buffer holds its exporter, a NumPy array, which NumPy refuses to resize or free
+        //   while a buffer of it is exported; in `trainguard.watch` that array views a tensor
+        //   (`Tensor.numpy()` of a detached alias), which holds its storage: replacing a
+        //   parameter's data (`param.data = …`, `set_`), dropping the parameter or the model
+        //   leaves that storage, and this memory, allocated. The one way Python code can still
+        //   free it is torch's own hazard for every NumPy view of a tensor: resizing the shared
+        //   storage in place (`untyped_storage().resize_()`, or `resize_` growing a tensor past
+        //   its storage) reallocates it under every alias; no reference prevents that, and a
+        //   program that does it to the parameters it watches is outside this argument.
         //   `WordSums::new` checked the buffer's alignment for its words, and `Pass::new` cuts
         //   regions at multiples of 8 bytes from the start.
         // - Read only while that `WordSums` lives: during its methods, which hold `&self`, by the
-        //   calling thread, and by the worker between claiming a pass and reporting it done,
-        //   which `sums` waits for before it returns, also when it unwinds (`Split`'s `Drop`).
-        //   A pass that `start` posted ahead of `sums` is waited for by that `sums`, by the
-        //   next `start`, or by the `WordSums`'s `Drop` before its buffers are released.
-        // - Not written while the slice lives: the memory is a tensor's, written by torch
-        //   kernels and NumPy calls, which Python code starts. During a method the calling
-        //   thread holds the GIL and does not release it, so no Python code runs anywhere until
-        //   it returns. Between `start` and `sums` the calling thread runs Python code, but in
-        //   `trainguard.watch` only its own optimizer post-hook, which reads and never writes
-        //   the weights, inside `optimizer.step()`: the thread that ran the step. Another thread
-        //   may take the GIL meanwhile; a program whose other threads write its weights while it
-        //   steps already races with its own optimizer, whose kernels release the GIL.
+        //   calling thread, and by the worker between claiming a pass and reporting it done. A
+        //   pass `sums` shares is waited for before it returns, also when it unwinds (`Split`'s
+        //   `Drop`); one `post` hands out is waited for by `collect`, by the next `post`, or by
+        //   the `WordSums`'s `Drop` before its buffers are released.
+        // - Written meanwhile only by a program that races with itself. During `sums` the
+        //   calling thread holds the GIL, so no Python code, hence no torch kernel or NumPy
+        //   call, starts anywhere until it returns. Between `post` and `collect` the worker
+        //   reads tensors `0..defer` (in `trainguard.watch`: the parameters, from one optimizer
+        //   step's post-hook to the next one's pre-hook) while the program runs; a training loop
+        //   does not write parameters there (zero_grad, forward and backward write gradients,
+        //   activations and buffers; buffers are read inside `post`). A program that writes
+        //   them in place meanwhile (a projection between steps, an attacker), or whose other
+        //   threads write them during `sums` (its own optimizer races with those too), makes
+        //   these reads race with the writes: a data race the slice does not exclude. Its
+        //   effect is confined to the values read: the memory stays allocated (above), the
+        //   words are only added up, no read word decides a branch or an index, and every bit
+        //   pattern is a `T`, so it is a fingerprint that mixes old and new words, which
+        //   `trainguard.watch` re-reads when a torch version counter shows the write and which
+        //   replicas do not share otherwise (reported as divergence), never a read elsewhere.
         // - Any bit pattern is a valid `T`: `Word` is implemented for plain integers only.
         unsafe { std::slice::from_raw_parts(region.addr as *const T, n) }
     }
@@ -606,12 +622,16 @@ mod pass {
         /// cache). A tensor is cut at multiples of `CHUNK` bytes from its start, so every piece
         /// stays aligned for its words; an item closes once it holds `CHUNK` bytes, so small
         /// tensors share one.
-        pub(super) fn new(tensors: &[(Region, Width)]) -> Pass {
+        /// Only the tensors in `range` are read.
+        pub(super) fn new(tensors: &[(Region, Width)], range: std::ops::Range<usize>) -> Pass {
             let mut pieces = Vec::new();
             let mut items = Vec::new();
             let mut first = 0;
             let mut open = 0;
             for (tensor, &(region, width)) in tensors.iter().enumerate().rev() {
+                if !range.contains(&tensor) {
+                    continue;
+                }
                 let mut at = 0;
                 while at < region.len {
                     let end = (at + CHUNK).min(region.len);
@@ -640,6 +660,20 @@ mod pass {
             }
         }
 
+        /// `sums` (modulo 2^64, one per tensor) reduced to their words' width and extended to
+        /// 64 bits.
+        pub(super) fn extend(&self, sums: Vec<u64>) -> Vec<u64> {
+            sums.into_iter()
+                .zip(&self.widths)
+                .map(|(s, w)| w.extend(s))
+                .collect()
+        }
+
+        /// Per-tensor sums modulo 2^64 of the whole pass, on this thread.
+        pub(super) fn alone(&self) -> Vec<u64> {
+            self.take(&AtomicUsize::new(0)).0
+        }
+
         /// Takes items from `next` until none is left: per-tensor sums modulo 2^64, and the
         /// bytes read.
         fn take(&self, next: &AtomicUsize) -> (Vec<u64>, usize) {
@@ -660,19 +694,21 @@ mod pass {
     }
 
     /// The pass worker: one thread, started on first use and kept, that takes items of the pass
-    /// a `WordSums::sums` call posts while the calling thread takes the others. The call waits
-    /// for it before it returns. Items are handed out one at a time, so a worker that starts
-    /// late (waking a sleeping thread takes 30-80 µs on a virtual machine, whose idle CPU
-    /// halts) or whose core is busy only takes fewer: the caller never waits for it to start,
-    /// only for the item it is on.
+    /// a `WordSums::sums` call posts while the calling thread takes the others (the call waits
+    /// for it before it returns), or makes the pass `WordSums::post` hands it, after copying the
+    /// plans' bytes, while the caller goes on (`WordSums::collect` takes the items left). Items
+    /// are handed out one at a time, so a worker that starts late (waking a sleeping thread
+    /// takes 30-80 µs on a virtual machine, whose idle CPU halts) or whose core is busy only
+    /// takes fewer: the caller never waits for it to start, only for the item it is on.
     struct Worker {
         /// `IDLE`, `POSTED`, `CLAIMED` or `DONE`.
         state: AtomicU8,
-        /// The posted pass, set before the state becomes `POSTED`.
-        pass: Mutex<Option<Arc<Pass>>>,
-        /// The worker's sums and bytes, set before the state becomes `DONE`; None when it
-        /// panicked (the caller then redoes the pass alone).
-        result: Mutex<Option<(Vec<u64>, usize)>>,
+        /// The posted pass and the regions to copy before it, set before the state becomes
+        /// `POSTED`.
+        job: Mutex<Option<(Arc<Pass>, Vec<Region>)>>,
+        /// What the worker did, set before the state becomes `DONE`; None when it panicked
+        /// (the caller then redoes the pass alone).
+        result: Mutex<Option<Done>>,
         /// Held to sleep on `posted` or `done`, and to signal them.
         sleep: Mutex<()>,
         /// Signalled when the state becomes `POSTED`.
@@ -692,12 +728,21 @@ mod pass {
     /// The worker is done with the pass: the caller reads the result and sets `IDLE`.
     const DONE: u8 = 3;
 
+    /// What the worker did with a pass: its per-tensor sums modulo 2^64, the bytes it summed,
+    /// and the copies of the regions posted with the pass (None: not made, the caller makes
+    /// them).
+    pub(super) struct Done {
+        sums: Vec<u64>,
+        bytes: usize,
+        copies: Option<Vec<u8>>,
+    }
+
     /// How long the caller waits awake for the worker's last item before it sleeps.
     const DONE_SPIN: Duration = Duration::from_micros(200);
 
     static WORKER: Worker = Worker {
         state: AtomicU8::new(IDLE),
-        pass: Mutex::new(None),
+        job: Mutex::new(None),
         result: Mutex::new(None),
         sleep: Mutex::new(()),
         posted: Condvar::new(),
@@ -783,9 +828,22 @@ mod pass {
                 if claimed.is_err() {
                     continue; // withdrawn meanwhile
                 }
-                let pass = lock(&self.pass).take();
-                let got = pass.and_then(|pass| {
-                    std::panic::catch_unwind(AssertUnwindSafe(|| pass.take(&self.next))).ok()
+                let job = lock(&self.job).take();
+                let got = job.and_then(|(pass, regions)| {
+                    std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        let len = regions.iter().map(|r| r.len).sum();
+                        let mut copies = Vec::with_capacity(len);
+                        for r in &regions {
+                            copies.extend_from_slice(r.bytes());
+                        }
+                        let (sums, bytes) = pass.take(&self.next);
+                        Done {
+                            sums,
+                            bytes,
+                            copies: Some(copies),
+                        }
+                    }))
+                    .ok()
                 });
                 *lock(&self.result) = got;
                 let _guard = lock(&self.sleep);
@@ -794,29 +852,33 @@ mod pass {
             }
         }
 
-        /// Posts `pass` and wakes the worker; false when another pass is in flight (cannot
-        /// happen while calls hold the GIL).
-        fn post(&self, pass: &Arc<Pass>) -> bool {
+        /// Posts `pass` (after copies of `regions`) and wakes the worker; false when another
+        /// pass is in flight or not yet settled.
+        fn post(&self, pass: &Arc<Pass>, regions: Vec<Region>) -> bool {
             if self.state.load(Ordering::Acquire) != IDLE {
                 return false;
             }
             self.next.store(0, Ordering::Relaxed);
-            *lock(&self.pass) = Some(Arc::clone(pass));
+            *lock(&self.job) = Some((Arc::clone(pass), regions));
             self.state.store(POSTED, Ordering::Release);
             let _guard = lock(&self.sleep);
             self.posted.notify_one();
             true
         }
 
-        /// Withdraws the posted pass, or waits until the worker is done with it: its sums and
-        /// bytes (none when it never took it), None when it panicked. Leaves the state `IDLE`.
-        fn settle(&self) -> Option<(Vec<u64>, usize)> {
+        /// Withdraws the posted pass, or waits until the worker is done with it: what it did
+        /// (nothing when it never took it), None when it panicked. Leaves the state `IDLE`.
+        fn settle(&self) -> Option<Done> {
             let withdrawn =
                 self.state
                     .compare_exchange(POSTED, IDLE, Ordering::AcqRel, Ordering::Acquire);
             if withdrawn.is_ok() {
-                lock(&self.pass).take();
-                return Some((Vec::new(), 0));
+                lock(&self.job).take();
+                return Some(Done {
+                    sums: Vec::new(),
+                    bytes: 0,
+                    copies: None,
+                });
             }
             // Claimed: the worker is on its last item (every item is taken), a few µs. Wait
             // awake, yielding the CPU (on a loaded machine the worker may be queued behind this
@@ -850,12 +912,12 @@ mod pass {
         /// Posts `pass` to the worker when `two` (and the worker can run and is free).
         pub(super) fn start(pass: &'a Arc<Pass>, two: bool) -> Split<'a> {
             let worker = if two { worker() } else { None };
-            let worker = worker.filter(|w| w.post(pass));
+            let worker = worker.filter(|w| w.post(pass, Vec::new()));
             Split { pass, worker }
         }
 
-        /// The pass `post` posted, or a pass on this thread alone where the worker cannot run
-        /// (a child forked meanwhile).
+        /// The pass [`post_with_copies`] posted, or a pass on this thread alone where the
+        /// worker cannot run (a child forked meanwhile).
         pub(super) fn resume(pass: &'a Arc<Pass>) -> Split<'a> {
             Split {
                 pass,
@@ -863,30 +925,27 @@ mod pass {
             }
         }
 
-        /// Takes the items left, waits for the worker: the per-tensor sums (reduced to their
-        /// words' width and extended to 64 bits), and the bytes the worker summed.
-        pub(super) fn finish(mut self) -> (Vec<u64>, usize) {
-            let alone = || self.pass.take(&AtomicUsize::new(0)).0;
-            let (sums, theirs) = match self.worker {
-                None => (alone(), 0),
+        /// Takes the items left, waits for the worker: the per-tensor sums modulo 2^64 (see
+        /// [`Pass::extend`]), the bytes the worker summed, and the copies it made (None when
+        /// it made none: it never took the pass, or it panicked).
+        pub(super) fn finish(mut self) -> (Vec<u64>, usize, Option<Vec<u8>>) {
+            match self.worker {
+                None => (self.pass.alone(), 0, None),
                 Some(w) => {
                     let (mut sums, _) = self.pass.take(&w.next);
                     let got = w.settle();
                     self.worker = None; // settled: nothing left for `drop`
                     match got {
-                        Some((other, bytes)) => {
-                            for (s, o) in sums.iter_mut().zip(other) {
+                        Some(done) => {
+                            for (s, o) in sums.iter_mut().zip(done.sums) {
                                 *s = s.wrapping_add(o);
                             }
-                            (sums, bytes)
+                            (sums, done.bytes, done.copies)
                         }
-                        None => (alone(), 0),
+                        None => (self.pass.alone(), 0, None),
                     }
                 }
-            };
-            let widths = &self.pass.widths;
-            let sums = sums.into_iter().zip(widths).map(|(s, w)| w.extend(s));
-            (sums.collect(), theirs)
+            }
         }
     }
 
@@ -900,14 +959,15 @@ mod pass {
         }
     }
 
-    /// Posts `pass` to the worker ahead of the `Split` that will take the rest of it
-    /// ([`Split::resume`]); false when the worker cannot run here or is busy with another pass.
-    pub(super) fn post(pass: &Arc<Pass>) -> bool {
-        worker().is_some_and(|w| w.post(pass))
+    /// Posts `pass` to the worker, which first copies `regions` (in order), ahead of the
+    /// `Split` that will collect it ([`Split::resume`]); false when the worker cannot run here
+    /// or is busy with another pass.
+    pub(super) fn post_with_copies(pass: &Arc<Pass>, regions: Vec<Region>) -> bool {
+        worker().is_some_and(|w| w.post(pass, regions))
     }
 
-    /// Stops handing out the items of the pass `post` posted and waits until the worker is done
-    /// with its item; the result is discarded.
+    /// Stops handing out the items of the pass [`post_with_copies`] posted and waits until the
+    /// worker is done with its item; the result is discarded.
     pub(super) fn abandon() {
         if let Some(w) = worker() {
             w.next.store(usize::MAX / 2, Ordering::Relaxed);
@@ -928,6 +988,21 @@ mod pass {
 }
 
 use pass::{Pass, Region, Split, Width};
+
+/// A pass [`WordSums::post`] handed out, until [`WordSums::collect`] takes it.
+struct Posted {
+    /// The plans to copy.
+    plans: Vec<usize>,
+    /// Whether the worker has the pass over tensors `0..defer`.
+    on_worker: bool,
+    /// The sums (modulo 2^64) of tensors `defer..`, read at `post`.
+    sums: Vec<u64>,
+    /// The plans' bytes in tensors `defer..`, copied at `post`, in order.
+    copies: Vec<u8>,
+    /// When the worker did not take the pass: the sums of tensors `0..defer` and the plans'
+    /// bytes in them, read at `post` instead.
+    done: Option<(Vec<u64>, Vec<u8>)>,
+}
 
 /// One tensor as `WordSums` reads it: the buffers of its words and bytes (held for as long as
 /// the `WordSums` lives: they keep the memory alive and unmoved), their memory, the words'
@@ -963,9 +1038,10 @@ struct Span {
 /// That is what lets the pass run on two threads ([`pass`]): from 1 MiB up, where the process
 /// may use more than one CPU, a persistent worker thread sums part of the tensors while the
 /// calling thread copies the plans and sums the rest, and the call returns once both are done.
-/// `start` posts the pass to the worker ahead of `sums`, so that it wakes up and sums while the
-/// caller does other work that leaves the tensors alone. One thread or two, the result is the
-/// same bytes.
+/// `post` hands the whole pass over tensors `0..defer` (and the plans' bytes in them) to the
+/// worker and returns; `collect`, called before those tensors are written again, waits for it
+/// (taking the items it has not started) and returns the same bytes as `sums`. One thread or
+/// two, now or later, the result is the same bytes.
 #[pyclass(frozen, module = "trainguard", name = "WordSums")]
 struct WordSums {
     tensors: Vec<Weights>,
@@ -976,8 +1052,14 @@ struct WordSums {
     two: bool,
     /// Bytes the worker summed in the last `sums`.
     worker_bytes: AtomicUsize,
-    /// Whether `start` posted a pass that no `sums` took yet. Read and set with the GIL held.
-    started: AtomicBool,
+    /// The tensors `post` may leave to the worker: `0..defer`.
+    defer: usize,
+    /// The pass over `0..defer` that `post` hands to the worker.
+    deferred: Arc<Pass>,
+    /// The pass over the other tensors, which `post` makes before it returns.
+    eager: Pass,
+    /// The pass `post` handed out, until `collect`.
+    posted: std::sync::Mutex<Option<Posted>>,
 }
 
 /// The words of array `i` as a buffer, and their width.
@@ -1030,12 +1112,24 @@ impl WordSums {
         Ok(())
     }
 
-    /// Settles a pass `start` posted that no `sums` took: the worker stops and its sums are
-    /// dropped.
+    /// Settles a pass `post` handed to the worker that no `collect` took: the worker stops and
+    /// its sums are dropped.
     fn abandon(&self) {
-        if self.started.swap(false, Ordering::Relaxed) {
+        let posted = self.posted().take();
+        if posted.is_some_and(|p| p.on_worker) {
             pass::abandon();
         }
+    }
+
+    fn posted(&self) -> std::sync::MutexGuard<'_, Option<Posted>> {
+        self.posted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether span `span` is in a tensor that `post` reads before it returns.
+    fn eager_span(&self, span: &Span) -> bool {
+        span.tensor >= self.defer
     }
 
     /// Bytes the plans named copy.
@@ -1054,12 +1148,14 @@ impl WordSums {
     /// `threads`: 1 or 2 puts every pass on one thread or two (tests, benchmarks); None lets
     /// the size and the CPUs the process may use decide.
     #[new]
-    #[pyo3(signature = (words, data, plans = Vec::new(), threads = None))]
+    /// `defer`: `post` may leave tensors `0..defer` to be read after it returns (default: all).
+    #[pyo3(signature = (words, data, plans = Vec::new(), threads = None, defer = None))]
     fn new(
         words: Vec<Bound<'_, PyAny>>,
         data: Vec<Bound<'_, PyAny>>,
         plans: Vec<Vec<(usize, usize, usize)>>,
         threads: Option<usize>,
+        defer: Option<usize>,
     ) -> PyResult<Self> {
         if words.len() != data.len() {
             return Err(PyValueError::new_err(
@@ -1115,29 +1211,21 @@ impl WordSums {
         };
         // Started now rather than at the first step; where it cannot run, one thread.
         let two = two && pass::start_worker();
+        let n = tensors.len();
+        let defer = defer.unwrap_or(n).min(n);
         let layout: Vec<_> = tensors.iter().map(|t| (t.region, t.width)).collect();
         Ok(Self {
-            pass: Arc::new(Pass::new(&layout)),
+            pass: Arc::new(Pass::new(&layout, 0..n)),
+            deferred: Arc::new(Pass::new(&layout, 0..defer)),
+            eager: Pass::new(&layout, defer..n),
+            defer,
             tensors,
             plans,
             nbytes,
             two,
             worker_bytes: AtomicUsize::new(0),
-            started: AtomicBool::new(false),
+            posted: std::sync::Mutex::new(None),
         })
-    }
-
-    /// Starts the next `sums()`'s pass over the weights on the worker thread now, so that it
-    /// sums while the caller does other work before calling `sums()`, which then takes the
-    /// rest. The weights must not change until that `sums()` (nor the tensors move: a pass
-    /// that no `sums()` takes is waited for and dropped by the next `start()` or when this
-    /// object is dropped). True when the worker took the pass, false when `sums()` will share
-    /// it as usual (one thread, or the worker is busy).
-    fn start(&self) -> bool {
-        self.abandon();
-        let posted = self.two && pass::post(&self.pass);
-        self.started.store(posted, Ordering::Relaxed);
-        posted
     }
 
     /// The sums, 8 little-endian bytes per tensor in order, then the bytes of the plans named,
@@ -1148,15 +1236,103 @@ impl WordSums {
         let n8 = 8 * self.tensors.len();
         let len = n8 + self.plans_len(&plans)?;
         PyBytes::new_with(py, len, |out| {
-            let split = if self.started.swap(false, Ordering::Relaxed) {
-                Split::resume(&self.pass)
-            } else {
-                Split::start(&self.pass, self.two)
-            };
+            let split = Split::start(&self.pass, self.two);
             self.copy_plans(&plans, &mut out[n8..])?;
-            let (sums, theirs) = split.finish();
-            for (dst, s) in out[..n8].chunks_exact_mut(8).zip(sums) {
+            let (sums, theirs, _) = split.finish();
+            for (dst, s) in out[..n8].chunks_exact_mut(8).zip(self.pass.extend(sums)) {
                 dst.copy_from_slice(&s.to_le_bytes());
+            }
+            self.worker_bytes.store(theirs, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+
+    /// Hands the next `collect()`'s pass to the worker thread and returns: the worker copies
+    /// the plans named (their parts in tensors `0..defer`) and sums tensors `0..defer` while
+    /// the caller goes on; the other tensors are read now. The tensors must not be written
+    /// until `collect()`, which returns what `sums(*plans)` would have returned now. True when
+    /// the worker took the pass; false when it could not (one thread, a child forked after the
+    /// worker started, the worker busy with another object's pass): then everything is read
+    /// now. A pass never collected is waited for and dropped by the next `post()` or when this
+    /// object is dropped.
+    #[pyo3(signature = (*plans))]
+    fn post(&self, plans: Vec<usize>) -> PyResult<bool> {
+        self.abandon();
+        let mut regions = Vec::new();
+        let mut copies = Vec::new();
+        for &i in &plans {
+            for span in self.plan(i)? {
+                if self.eager_span(span) {
+                    copies.extend_from_slice(self.bytes(span));
+                } else {
+                    regions.push(self.tensors[span.tensor].region.sub(span.lo, span.hi));
+                }
+            }
+        }
+        let on_worker = self.two && pass::post_with_copies(&self.deferred, regions.clone());
+        let done = (!on_worker).then(|| {
+            let mut late = Vec::with_capacity(regions.iter().map(|r| r.len()).sum());
+            for r in &regions {
+                late.extend_from_slice(r.bytes());
+            }
+            (self.deferred.alone(), late)
+        });
+        *self.posted() = Some(Posted {
+            plans,
+            on_worker,
+            sums: self.eager.alone(),
+            copies,
+            done,
+        });
+        Ok(on_worker)
+    }
+
+    /// The result of the pass `post()` handed out: waits for the worker (or takes the items it
+    /// has not started); the bytes `sums(*plans)` returns. `fresh`: the tensors `0..defer` may
+    /// have been written since `post()`, so the worker's reads are dropped and they are read
+    /// now. Raises ValueError without a `post()`.
+    #[pyo3(signature = (fresh = false))]
+    fn collect<'py>(&self, py: Python<'py>, fresh: bool) -> PyResult<Bound<'py, PyBytes>> {
+        let Some(posted) = self.posted().take() else {
+            return Err(PyValueError::new_err("WordSums: collect() without post()"));
+        };
+        let n8 = 8 * self.tensors.len();
+        let len = n8 + self.plans_len(&posted.plans)?;
+        PyBytes::new_with(py, len, |out| {
+            let (mut sums, theirs, deferred) = if fresh {
+                if posted.on_worker {
+                    pass::abandon();
+                }
+                (self.deferred.alone(), 0, None)
+            } else if let Some((sums, copies)) = posted.done {
+                (sums, 0, Some(copies))
+            } else {
+                Split::resume(&self.deferred).finish()
+            };
+            for (s, o) in sums.iter_mut().zip(posted.sums) {
+                *s = s.wrapping_add(o);
+            }
+            for (dst, s) in out[..n8].chunks_exact_mut(8).zip(self.pass.extend(sums)) {
+                dst.copy_from_slice(&s.to_le_bytes());
+            }
+            // The plans' bytes, in order: from `post`'s copies, the worker's, or (none made, or
+            // `fresh`) read now.
+            let (mut at, mut eager, mut late) = (n8, 0, 0);
+            for &i in &posted.plans {
+                for span in self.plan(i)? {
+                    let n = span.hi - span.lo;
+                    let src = if self.eager_span(span) {
+                        eager += n;
+                        &posted.copies[eager - n..eager]
+                    } else if let Some(copies) = &deferred {
+                        late += n;
+                        &copies[late - n..late]
+                    } else {
+                        self.bytes(span)
+                    };
+                    out[at..at + n].copy_from_slice(src);
+                    at += n;
+                }
             }
             self.worker_bytes.store(theirs, Ordering::Relaxed);
             Ok(())
@@ -1198,7 +1374,8 @@ impl WordSums {
 }
 
 impl Drop for WordSums {
-    /// A pass `start` posted reads the buffers: it is settled before they are released.
+    /// A pass `post` handed to the worker reads the buffers: it is settled before they are
+    /// released.
     fn drop(&mut self) {
         self.abandon();
     }

@@ -94,42 +94,70 @@ def test_two_threads_give_the_bytes_of_one_and_of_numpy(dtype, shape):
         assert all(0 <= b <= two.nbytes for b in shared)
 
 
-def test_a_pass_started_ahead_gives_the_same_bytes_and_is_settled_if_never_taken():
-    # `start()` posts the pass to the worker before `sums()`, which takes the rest of it.
+@pytest.mark.parametrize("defer", [None, 0, 1, 4, 7])
+def test_a_posted_pass_collected_later_gives_the_bytes_of_sums_and_is_settled_if_never_taken(defer):
+    # `post()` reads tensors `defer..` now and hands `0..defer` (sums and plan bytes) to the
+    # worker; `collect()` returns what `sums()` would have, whoever read what.
     words = _words(5, np.int64, SHAPES["large"])
     data = [w.view(np.uint8) for w in words]
     plans = _plans(data, seed=2)
-    one = WordSums(words, data, plans, threads=1)
-    two = WordSums(words, data, plans, threads=2)
-    other = WordSums(words, data, plans, threads=2)
+    one = WordSums(words, data, plans, threads=1, defer=defer)
+    two = WordSums(words, data, plans, threads=2, defer=defer)
+    other = WordSums(words, data, plans, threads=2, defer=defer)
     expected = one.sums(0, 1)
-    assert one.start() is False  # one thread: `sums()` runs the pass alone, as without it
-    assert one.sums(0, 1) == expected
+    assert one.post(0, 1) is False  # one thread: everything is read at `post()`
+    assert one.collect() == expected
     for _ in range(10):
-        assert two.start() is True
+        assert two.post(0, 1) is True
         time.sleep(0.001)  # the worker sums meanwhile
-        assert two.sums(0, 1) == expected
-    # Started twice: the first pass is dropped, the second taken.
-    two.start()
-    two.start()
-    assert two.sums(0, 1) == expected
-    # Another object's pass while this one's is in flight: the worker is busy, so that one sums
-    # alone, and this one still gets its own.
-    assert two.start() is True
-    assert other.start() is False
-    assert other.sums(0, 1) == expected
-    assert two.sums(0, 1) == expected
-    # Never taken: the pass is settled when its object goes, and the worker is free again.
-    third = WordSums(words, data, plans, threads=2)
-    assert third.start() is True
+        assert two.collect() == expected
+    assert two.post(1) is True
+    assert two.collect() == expected[:8 * len(words)] + expected[len(one.sums(0)):]
+    # Posted twice: the first pass is dropped, the second collected.
+    two.post()
+    two.post(0, 1)
+    assert two.collect() == expected
+    with pytest.raises(ValueError, match="collect\\(\\) without post\\(\\)"):
+        two.collect()
+    # Another object's pass while this one's is in flight: the worker is busy, so that one reads
+    # everything at its `post()`, and this one still gets its own.
+    assert two.post(0, 1) is True
+    assert other.post(0, 1) is False
+    assert other.collect() == expected
+    assert two.sums(0, 1) == expected  # `sums()` meanwhile reads alone
+    assert two.collect() == expected
+    # Never collected: the pass is settled when its object goes, and the worker is free again.
+    third = WordSums(words, data, plans, threads=2, defer=defer)
+    assert third.post(0, 1) is True
     del third
-    assert two.start() is True
-    assert two.sums(0, 1) == expected
-    # The pass reads the memory as it is.
-    words[0][17] += 1
-    assert two.start() is True
-    assert two.sums(0, 1) != expected
-    assert two.sums(0, 1) == one.sums(0, 1)
+    assert two.post(0, 1) is True
+    assert two.collect() == expected
+
+
+def test_collect_fresh_reads_the_deferred_tensors_as_they_are_now():
+    words = _words(6, np.int64, [1 << 18, 1000, 1 << 17])
+    data = [w.view(np.uint8) for w in words]
+    plans = [[(0, 0, 64), (2, 8, 72)]]
+    for threads in (1, 2):
+        ws = WordSums(words, data, plans, threads=threads, defer=2)
+        before = ws.sums(0)
+        for fresh in (False, True):
+            ws.post(0)
+            # Deferred: seen only by a fresh collect (the worker reads it at some point after
+            # `post()`: only a pass read at `post()` is sure not to see it unless fresh).
+            if fresh or threads == 1:
+                words[0][3] += 1
+            words[2][4] += 1  # read at `post()`: not seen either way
+            got = ws.collect(fresh)
+            now = WordSums(words, data, plans, threads=1).sums(0)
+            n8 = 8 * len(words)
+            assert got[8:16] == before[8:16]
+            assert got[16:24] == before[16:24]  # tensor 2 as at `post()`
+            assert got[:8] == (now[:8] if fresh else before[:8])
+            assert got[n8:n8 + 64] == (now if fresh else before)[n8:n8 + 64]
+            assert got[n8 + 64:] == before[n8 + 64:]
+            words[2][4] -= 1
+            before = WordSums(words, data, plans, threads=1).sums(0)
 
 
 def test_tensor_words_of_every_dtype_sum_alike_on_two_threads():
@@ -213,9 +241,12 @@ def test_a_child_forked_after_the_worker_started_sums_alone():
     assert two.sums() == expected  # and the parent's worker is still there
 
 
-def _replicas(tmp_path: Path, name: str, threads: list, steps: int = 5) -> list[list[dict]]:
+def _replicas(tmp_path: Path, name: str, threads: list, steps: int = 5, after=None,
+              overlap: bool = True) -> list[list[dict]]:
     """The step events of replicas of a 2.2 MiB model on the same data, one per entry of
-    `threads` (the `threads` their `WordSums` are built with)."""
+    `threads` (the `threads` their `WordSums` are built with); `after(rank, step, model)` runs
+    after each step."""
+    assert tw._load_native()
     runs = []
     for rank, n in enumerate(threads):
         torch.manual_seed(8)
@@ -226,17 +257,22 @@ def _replicas(tmp_path: Path, name: str, threads: list, steps: int = 5) -> list[
         tw._WordSums = functools.partial(real, threads=n)
         try:
             w = tw.watch(model, opt, run=f"p-{name}-{rank}", collector=f"http://127.0.0.1:{closed_port()}",
-                         token="t", spool=spool, flush_s=0.01, full_every=3, sample_seed=7)
+                         token="t", spool=spool, flush_s=0.01, full_every=3, sample_seed=7,
+                         overlap=overlap)
         finally:
             tw._WordSums = real
         assert w._host and w._tracked.summer.threads == n
+        # The parameters' pass ends after the hook, worker or not, unless turned off.
+        assert w._tracked.overlap == overlap
         gen = torch.Generator().manual_seed(1)
-        for _ in range(steps):
+        for step in range(1, steps + 1):
             loss = model(torch.randn(4, 256, generator=gen)).pow(2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
             w.log(loss=loss)
+            if after is not None:
+                after(rank, step, model)
         w.close(timeout=0.3)
         events = [json.loads(line) for line in spool.read_text().splitlines() if line.strip()]
         runs.append([e for e in events if e["type"] == "step"])
@@ -252,3 +288,45 @@ def test_replicas_share_fingerprints_whether_their_pass_is_shared_or_not(tmp_pat
         assert a["update_fingerprint"] == b["update_fingerprint"]
         assert b["update"]["cosine"] > 0.999
     assert len({e["param_fingerprint"] for e in two}) == 5
+
+
+def test_a_write_between_steps_is_read_alike_by_replicas_with_and_without_the_worker(tmp_path):
+    # A projection after every step (written through torch, which counts it): the worker's
+    # reads may have raced with it, so the parameters are read again at the next pre-hook, as
+    # the next step finds them; a replica whose pass runs in the hook does the same.
+    def project(rank, step, model):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.clamp_(-0.02, 0.02)
+
+    one, two = _replicas(tmp_path, "project", [1, 2], steps=6, after=project)
+    assert [a["param_fingerprint"] for a in one] == [b["param_fingerprint"] for b in two]
+    assert [a["update_fingerprint"] for a in one] == [b["update_fingerprint"] for b in two]
+    # The windows after the step are copied in the hook: Δθ is the step's update, unprojected.
+    assert all(e["update"]["cosine"] > 0.999 for e in one + two)
+
+
+def test_a_weight_changed_between_steps_on_one_replica_shows_in_that_steps_fingerprint(tmp_path):
+    # Written after step 3's post-hook: step 3's fingerprint is of the parameters step 4 starts
+    # from (the write is counted by torch), on the worker or not.
+    def tamper(rank, step, model):
+        if rank == 1 and step == 3:
+            with torch.no_grad():
+                model[2].weight.view(-1)[-1] += 1e-3
+
+    for threads in ([2, 2], [1, 2], [2, 1]):
+        a, b = _replicas(tmp_path, f"tamper-{threads[0]}{threads[1]}", threads, steps=6, after=tamper)
+        differing = [e["step"] for e, f in zip(a, b) if e["param_fingerprint"] != f["param_fingerprint"]]
+        assert differing == [3, 4, 5, 6], (threads, differing)
+
+
+def test_without_overlap_an_uncounted_write_between_steps_is_read_alike(tmp_path):
+    # Weight clipping through `.data` bypasses the version counters, so it could race with a pass
+    # that runs after the hook; with overlap=False the pass is made in the hook, before it.
+    def clip(rank, step, model):
+        for p in model.parameters():
+            p.data.clamp_(-0.02, 0.02)
+
+    one, two = _replicas(tmp_path, "clip", [2, 2], steps=4, after=clip, overlap=False)
+    assert [a["param_fingerprint"] for a in one] == [b["param_fingerprint"] for b in two]
+    assert len({e["param_fingerprint"] for e in one}) == 4

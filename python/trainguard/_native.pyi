@@ -85,7 +85,8 @@ class WordSums:
     `words[i]` and `data[i]` are views of the same bytes: as int64, int32, int16 or uint8 words
     and as uint8 (C-contiguous). `plans` are lists of `(tensor, lo, hi)` byte ranges. From 1 MiB
     up (where the process may use more than one CPU) each `sums()` shares its pass with a
-    persistent worker thread; `threads` (1 or 2) forces one way. The bytes are the same.
+    persistent worker thread, and `post()` hands it the pass over tensors `0..defer`;
+    `threads` (1 or 2) forces one way. The bytes are the same.
     """
 
     def __init__(
@@ -94,14 +95,18 @@ class WordSums:
         data: list[object],
         plans: list[list[tuple[int, int, int]]] = ...,
         threads: int | None = None,
+        defer: int | None = None,
     ) -> None: ...
-    def start(self) -> bool:
-        """Post the next `sums()`'s pass to the worker thread now, so that it sums while the
-        caller does other work (which must not write the tensors); that `sums()` takes the rest.
-        False when `sums()` will run it as usual (one thread, or the worker is busy). A pass
-        never taken is dropped by the next `start()` or with this object."""
     def sums(self, *plans: int) -> bytes:
         """8 little-endian bytes per tensor (its sum, sign-extended), then each plan's bytes."""
+    def post(self, *plans: int) -> bool:
+        """Start what `sums(*plans)` returns and return: tensors `defer..` are read now, tensors
+        `0..defer` by the worker thread meanwhile (which must not write them until `collect()`).
+        False when the worker could not take it (then everything is read now). A pass never
+        collected is dropped by the next `post()` or with this object."""
+    def collect(self, fresh: bool = False) -> bytes:
+        """What `sums(*plans)` returned at `post(*plans)`, once the worker is done (taking the part
+        it has not started). `fresh`: read tensors `0..defer` now instead (they were written)."""
     def copy(self, plan: int) -> bytes:
         """The bytes of one plan."""
     def __len__(self) -> int: ...

@@ -56,14 +56,21 @@ The training thread only takes what must be read at the step (the windows, the w
 generator states, a copy of the hashed slice); hashing, the update check's arithmetic, building
 the event and JSON happen on the sender thread. On the CPU the reads are native
 (``trainguard._native``: ``WordSums``, ``Gather``): at each step one call sums every tensor's
-words and copies the slice and the windows in the same pass over the weights (from 1 MiB of
-weights up, where the process may use a second CPU, a persistent native worker thread sums part
-of them: it starts as the post-hook does, while the hook builds the record, and the call returns
-once both are done), one more copies the optimizer state the check needs, and one the windows
-before the step; the NumPy views they read are re-derived only when a tensor moves (one call
-checks every data pointer). A step's record is queued at the next step (or `close()`), so
-`log(loss=...)` after `optimizer.step()` attaches to it; on CUDA it waits, without a host sync,
-until its events and copies completed.
+words and copies the slice and the windows in the same pass over the weights, one more copies
+the optimizer state the check needs, and one the windows before the step; the NumPy views they
+read are re-derived only when a tensor moves (one call checks every data pointer). From 1 MiB of
+weights up the pass over the parameters is handed, where the process may use a second CPU, to a
+persistent native worker thread, which makes it after the post-hook returned, while the loop
+goes on (zero_grad, forward and backward do not write parameters; buffers, which a forward pass
+may write, are read in the hook); the next pre-hook (or `close()`) collects it before the
+optimizer writes them again. A parameter written in place between the two hooks in a way torch
+counts (``torch.no_grad()`` edits, loads) is read again there, so that step's fingerprint is of
+the parameters as the next step finds them; a write torch does not count (through ``.data``,
+NumPy, another thread) races with the worker, and the fingerprint is then of no use to compare
+(divergence), never a crash. Where no worker runs the same words are read at the same points.
+A step's record is queued at the next step (or `close()`), so `log(loss=...)` after
+`optimizer.step()` attaches to it; on CUDA it waits, without a host sync, until its events and
+copies completed.
 `close()` (or leaving the `with` block without an exception) sends a `process_exit` with status 0,
 so a finished rank is not reported missing; after an exception no exit is claimed.
 
@@ -120,7 +127,12 @@ _LANES = (
 _perf_counter = time.perf_counter
 _is = operator.is_
 _grad = operator.attrgetter("grad")
+_version = operator.attrgetter("_version")
 _NONES = itertools.repeat(None)
+
+#: Weights from which the host path's pass over the parameters runs after the post-hook (on
+#: the native worker thread where it can run: the size from which `WordSums` shares its pass).
+_DEFER_MIN_BYTES = 1 << 20
 
 #: Events in one POST.
 _MAX_BATCH = 500
@@ -824,7 +836,7 @@ class _Tracked:
     byte ranges of each slice of the positional hash (plan `part`, for `parts` slices) and of each
     update-check chunk's windows (plan `parts + chunk`), copied in the same call as the sums."""
 
-    def __init__(self, optimizer: Any, model: Any, host: bool) -> None:
+    def __init__(self, optimizer: Any, model: Any, host: bool, overlap: bool = True) -> None:
         import torch
 
         seen: set[int] = set()
@@ -856,6 +868,8 @@ class _Tracked:
         self.words: list[Any] = []  # per tensor: its words (torch views; the device path)
         self.sizes: list[int] = []  # elements per tensor
         self.summer: Any = None  # host path: the `WordSums`
+        self.may_overlap = overlap  # `watch(overlap=...)`
+        self.overlap = False  # host path: whether the pass over the parameters ends after the hook
         self.segments: list[list[tuple[int, int, int, int]]] = []  # per part: see `refresh`
         self.roll_bytes: list[int] = []  # per part: the bytes of its copy
         self.window_ok: list[bool] = []  # per chunk: every window inside its tensor
@@ -931,7 +945,14 @@ class _Tracked:
                 self.window_ok.append(ok)
                 plans.append([(i, lo * esizes[i], hi * esizes[i]) for i, lo, hi in chunk] if ok else [])
             raw = [w.view(torch.uint8).numpy() for w in words]
-            self.summer = _WordSums([w.numpy() for w in words], raw, plans)
+            # The parameters' part of the pass may run after the post-hook returns (`post`):
+            # nothing writes them until the next optimizer step. Buffers are read in the hook:
+            # the forward pass writes some (batch-norm statistics).
+            self.summer = _WordSums([w.numpy() for w in words], raw, plans, defer=len(self.params))
+            # Decided by the size alone, which replicas share (whether the worker can run is
+            # not: a replica whose pass runs in the hook reads the same words at the same
+            # points, see `Watch._join`).
+            self.overlap = self.may_overlap and self.summer.nbytes >= _DEFER_MIN_BYTES
         else:
             self.words = words
         self.objs = tensors[len(self.params):]
@@ -1327,6 +1348,7 @@ class Watch:
         rng: Iterable[str],
         flush_s: float,
         sample_seed: int,
+        overlap: bool = True,
     ) -> None:
         import torch
 
@@ -1358,7 +1380,7 @@ class Watch:
                 self._np = numpy
             except ImportError:
                 pass
-        self._tracked = tr = _Tracked(optimizer, model, host=self._np is not None)
+        self._tracked = tr = _Tracked(optimizer, model, host=self._np is not None, overlap=overlap)
         if self._np is not None and any(t.device.type != "cpu" for t in tr.tensors()):
             self._np = None
             tr.host = False
@@ -1393,6 +1415,10 @@ class Watch:
         self._t_last_post: Optional[float] = None
         self._ev_start: Any = None
         self._pending: Optional[dict] = None  # the last step's record, until finalised
+        # Host path: (summer, measurements, record, the parameters' summed version counters) of
+        # the step whose pass over the weights the worker thread is making, until `_join` (the
+        # next pre-hook at the latest).
+        self._inflight: Optional[tuple[Any, dict, dict, int]] = None
         # (record, start, end, done) on CUDA: end closes the timed section, done follows the
         # copies of the step's scalars to the host; a record is read once done has completed.
         self._device_wait: list[tuple[dict, Any, Any, Any]] = []
@@ -1538,7 +1564,32 @@ class Watch:
     # -- hooks -----------------------------------------------------------------------------
     # The hooks read detached views and copies only, so they need no `torch.no_grad()` (whose
     # context manager alone is a measurable part of their cost).
+    def _join(self) -> None:
+        """Complete the step whose pass over the weights is in flight (`_measure_host`): wait for
+        the worker; before the optimizer writes the weights again, and before the record is
+        queued."""
+        with self._lock:  # `flush()` may be called from another thread
+            inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            summer, out, rec, versions = inflight
+            # A parameter written in place through torch since the post-hook (a projection or a
+            # load between steps, an attacker's edit) may have raced with the worker's reads:
+            # they are dropped and the parameters read now, as the next step finds them, which
+            # every replica that made the same write agrees on. Writes that bypass the version
+            # counters (through `.data`, NumPy, another thread) can only make the fingerprint
+            # an arbitrary value, which replicas do not share: divergence, never a crash.
+            fresh = sum(map(_version, self._tracked.params)) != versions
+            try:
+                out["data"] = summer.collect(fresh)
+            except BaseException:  # never queue a record without its measurements
+                with self._lock:
+                    if self._pending is rec:
+                        self._pending = None
+                raise
+
     def _pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._inflight is not None:
+            self._join()
         n = self._step + 1
         measuring = self._measuring = n % self.every == 0
         if measuring:
@@ -1567,11 +1618,6 @@ class Watch:
         if not self._measuring:
             return
         host = self._host
-        if host and self._tracked.ptrs is not None:
-            # The pass over the weights starts on the worker thread now and sums while this hook
-            # builds the record (nothing here writes the weights); `_measure_host` takes the
-            # rest. (Views re-derived at every read, of non-contiguous tensors, would discard it.)
-            self._tracked.summer.start()
         end = None
         if self._cuda and self._ev_start is not None:
             import torch
@@ -1602,7 +1648,7 @@ class Watch:
             # Last: it ends with the pass over the weights, after which everything else would be
             # read from main memory again. The record is queued at the next step, not before.
             try:
-                rec["_dev"] = self._measure_host(optimizer, n)
+                rec["_dev"] = self._measure_host(optimizer, n, rec)
             except BaseException:  # never queue a record without its measurements
                 with self._lock:
                     if self._pending is rec:
@@ -1625,12 +1671,13 @@ class Watch:
         elif previous is not None:
             self._sender.put(previous)
 
-    def _measure_host(self, optimizer: Any, n: int) -> dict[str, Any]:
+    def _measure_host(self, optimizer: Any, n: int, rec: dict) -> dict[str, Any]:
         """The host path's `_measure`: a copy of the optimizer state the update check needs (one
         native call, made first: the optimizer has just used those objects, which the pass over
         the weights would push out of the caches), then one native call for the word sums, this
         step's slice for the positional hash and the chunk's windows after the step, all in one
-        `bytes`. Arithmetic and hashing wait for `_finish`."""
+        `bytes` (from 1 MiB up, that call hands the parameters' part to the worker thread and
+        `_join` takes its result). Arithmetic and hashing wait for `_finish`."""
         tr = self._tracked
         tensors = tr.tensors() if tr.buffers else tr.params
         if not tr.unmoved(tensors):
@@ -1651,10 +1698,24 @@ class Watch:
             part = out["part"] = (n // self.every) % self.full_every
             out["segments"] = tr.segments[part]
             out["after_at"] = out["n8"] + tr.roll_bytes[part]
-            out["data"] = summer.sums(part) if plan is None else summer.sums(part, plan)
+            plans: tuple[int, ...] = (part,) if plan is None else (part, plan)
         else:
             out["after_at"] = out["n8"]
-            out["data"] = summer.sums() if plan is None else summer.sums(plan)
+            plans = () if plan is None else (plan,)
+        if tr.overlap and tr.ptrs is not None:
+            # The worker makes the pass over the parameters after this hook returns, while the
+            # loop goes on (zero_grad, data, forward, backward leave them alone); `_join`, at the
+            # next pre-hook, takes its result before the optimizer writes them again. The
+            # windows after the step are copied now: Δθ is the step's own update, whatever
+            # runs before the next one.
+            versions = sum(map(_version, tr.params))  # before the post: see `_join`
+            if plan is not None:
+                out["after"] = summer.copy(plan)
+                plans = plans[:-1]
+            summer.post(*plans)
+            self._inflight = (summer, out, rec, versions)
+        else:
+            out["data"] = summer.sums(*plans)
         return out
 
     def _measure(self, optimizer: Any, n: int) -> dict[str, Any]:
@@ -1843,6 +1904,7 @@ class Watch:
     def _finalise(self, sync: bool) -> None:
         """Queue device-timed records whose events completed; on `sync`, everything pending."""
         if sync:
+            self._join()
             with self._lock:
                 rec, self._pending = self._pending, None
             if rec is not None:
@@ -1888,7 +1950,10 @@ class Watch:
                 chunk, before, reference = check
                 np = chunk.np
                 before = np.frombuffer(before, chunk.dtype)
-                after = np.frombuffer(data, chunk.dtype, chunk.window, dev["after_at"])
+                if "after" in dev:  # copied apart from the pass (see `_measure_host`)
+                    after = np.frombuffer(dev["after"], chunk.dtype, chunk.window)
+                else:
+                    after = np.frombuffer(data, chunk.dtype, chunk.window, dev["after_at"])
                 dev["upd"] = delta = after - before  # in the parameters' dtype
                 if reference is not None:
                     a, u = chunk.f32(delta), self._expected_host(chunk, reference, chunk.f32(before))
@@ -1950,6 +2015,7 @@ def watch(
     flush_s: float = 0.5,
     sample_seed: Optional[int] = None,
     sync: bool = True,
+    overlap: bool = True,
 ) -> Watch:
     """Watch `optimizer`'s steps and report them to the collector; returns the handle.
 
@@ -1963,6 +2029,11 @@ def watch(
     number of elements the update check reads per step (from at most 16 parameter tensors, in
     rotation); `full_every` the number of steps over which the positional hash covers every
     parameter once (0 turns it off; the per-step word sums always cover every element).
+    `overlap` (from 1 MiB of weights, on the CPU) lets the pass over the parameters run on a
+    worker thread after the step, while the loop goes on; turn it off (on every replica) when the
+    loop writes parameters between steps in a way torch does not count, through ``.data`` or
+    NumPy (``p.data.clamp_()`` weight clipping): such a write races with the pass and shows as
+    replica divergence. Writes under ``torch.no_grad()`` are counted and safe either way.
     """
     if not hasattr(optimizer, "register_step_post_hook"):
         raise WatchError("the optimizer has no step hooks (torch >= 2.0 is required)")
@@ -2012,7 +2083,7 @@ def watch(
         model, optimizer, run=run, collector=collector, rank=rank, world_size=world_size,
         token=token, every=every, spool=spool_path, seed=seed, heartbeat_s=heartbeat_s,
         sample=sample, full_every=full_every, section=section, replica_group=replica_group,
-        rng=rng, flush_s=flush_s, sample_seed=sample_seed,
+        rng=rng, flush_s=flush_s, sample_seed=sample_seed, overlap=overlap,
     )
     if dist is None:
         w._start()

@@ -527,6 +527,15 @@ mod pass {
         pub(super) fn bytes(&self) -> &[u8] {
             words(self)
         }
+
+        /// The bytes of `regions`, one after the other.
+        pub(super) fn concat(regions: &[Region]) -> Vec<u8> {
+            let mut out = Vec::with_capacity(regions.iter().map(|r| r.len).sum());
+            for r in regions {
+                out.extend_from_slice(r.bytes());
+            }
+            out
+        }
     }
 
     /// The memory of `region` as `T`s (a remainder shorter than one `T` is not read).
@@ -831,11 +840,7 @@ mod pass {
                 let job = lock(&self.job).take();
                 let got = job.and_then(|(pass, regions)| {
                     std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        let len = regions.iter().map(|r| r.len).sum();
-                        let mut copies = Vec::with_capacity(len);
-                        for r in &regions {
-                            copies.extend_from_slice(r.bytes());
-                        }
+                        let copies = Region::concat(&regions);
                         let (sums, bytes) = pass.take(&self.next);
                         Done {
                             sums,
@@ -1270,13 +1275,7 @@ impl WordSums {
             }
         }
         let on_worker = self.two && pass::post_with_copies(&self.deferred, regions.clone());
-        let done = (!on_worker).then(|| {
-            let mut late = Vec::with_capacity(regions.iter().map(|r| r.len()).sum());
-            for r in &regions {
-                late.extend_from_slice(r.bytes());
-            }
-            (self.deferred.alone(), late)
-        });
+        let done = (!on_worker).then(|| (self.deferred.alone(), Region::concat(&regions)));
         *self.posted() = Some(Posted {
             plans,
             on_worker,

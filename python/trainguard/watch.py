@@ -1564,6 +1564,13 @@ class Watch:
     # -- hooks -----------------------------------------------------------------------------
     # The hooks read detached views and copies only, so they need no `torch.no_grad()` (whose
     # context manager alone is a measurable part of their cost).
+    def _drop_pending(self, rec: dict) -> None:
+        """Never queue a record without its measurements: drop `rec` if it is still pending
+        (its measuring failed)."""
+        with self._lock:
+            if self._pending is rec:
+                self._pending = None
+
     def _join(self) -> None:
         """Complete the step whose pass over the weights is in flight (`_measure_host`): wait for
         the worker; before the optimizer writes the weights again, and before the record is
@@ -1581,10 +1588,8 @@ class Watch:
             fresh = sum(map(_version, self._tracked.params)) != versions
             try:
                 out["data"] = summer.collect(fresh)
-            except BaseException:  # never queue a record without its measurements
-                with self._lock:
-                    if self._pending is rec:
-                        self._pending = None
+            except BaseException:
+                self._drop_pending(rec)
                 raise
 
     def _pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -1649,10 +1654,8 @@ class Watch:
             # read from main memory again. The record is queued at the next step, not before.
             try:
                 rec["_dev"] = self._measure_host(optimizer, n, rec)
-            except BaseException:  # never queue a record without its measurements
-                with self._lock:
-                    if self._pending is rec:
-                        self._pending = None
+            except BaseException:
+                self._drop_pending(rec)
                 raise
             return
         rec["_dev"] = self._measure(optimizer, n)

@@ -9,14 +9,17 @@ a .npy array and a torch zip checkpoint from bench/out/big when present — then
 1. runs `trainguard scan --format json DIR` once to learn, for every file, how many bytes it
    read (`bytes_read`);
 2. times, interleaved, N runs of the scan (whole process) and N runs of the floor: a native
-   process (`read_floor.rs`, built with rustc) that opens each file and reads exactly that many
-   bytes and nothing else, so both pay one process start;
+   process (`read_floor.rs`, built with rustc and linked the way the trainguard binary is,
+   statically or not) that opens each file and reads exactly that many bytes and nothing else,
+   so both pay the same kind of process start;
 3. does so with the page cache warm (the folder was just read) and cold (the folder's files,
    and only those, evicted with posix_fadvise before every run: a folder read from disk), and
    prints the ratio scan / floor for each (target: within 2x). A third number, warm, is the same
    reads as a loop inside the Python driver with no process start at all.
 
-    python3 bench/formats.py [--runs 5] [--modes warm,cold] [--trainguard target/release/trainguard]
+    python3 bench/formats.py [--runs 5] [--modes warm,cold] [--trainguard target/dist/trainguard]
+
+`scripts/build-release` builds target/dist/trainguard.
 
 Standard library only. Nothing here loads a model file.
 """
@@ -88,12 +91,31 @@ def evict(paths) -> None:
             os.close(fd)
 
 
-def floor_binary() -> Path:
-    """bench/read_floor.rs built with plain rustc (no cargo, no dependencies)."""
+def is_static(exe: Path) -> bool:
+    """Whether an ELF executable has no program interpreter (PT_INTERP): linked statically."""
+    with open(exe, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit ELF only
+            return False
+        order = "little" if head[5] == 1 else "big"
+        phoff = int.from_bytes(head[32:40], order)
+        phentsize = int.from_bytes(head[54:56], order)
+        phnum = int.from_bytes(head[56:58], order)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return not any(int.from_bytes(table[i * phentsize:i * phentsize + 4], order) == 3
+                   for i in range(phnum))
+
+
+def floor_binary(static: bool) -> Path:
+    """bench/read_floor.rs built with plain rustc (no cargo, no dependencies), linked
+    statically when the trainguard under test is (the same process start on both sides)."""
     src = BENCH / "read_floor.rs"
-    exe = OUT / "read_floor"
+    exe = OUT / ("read_floor-static" if static else "read_floor")
     if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
-        subprocess.run(["rustc", "-O", "--edition", "2021", "-o", str(exe), str(src)], check=True)
+        flags = ["-C", "target-feature=+crt-static"] if static else []
+        subprocess.run(["rustc", "-O", "--edition", "2021", *flags, "-o", str(exe), str(src)],
+                       check=True)
     return exe
 
 
@@ -117,13 +139,17 @@ def in_process_floor(needed: dict) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--trainguard", default=str(REPO / "target/release/trainguard"))
+    ap.add_argument("--trainguard", default=str(REPO / "target/dist/trainguard"),
+                    help="the binary to time (build it with scripts/build-release)")
     ap.add_argument("--modes", default="warm,cold", help="warm: page cache holds the folder; "
                     "cold: the folder's files are evicted before every run (posix_fadvise)")
     args = ap.parse_args()
     folder = OUT / "model-folder"
     build(folder)
-    floor_exe = floor_binary()
+    if not Path(args.trainguard).is_file():
+        sys.exit(f"{args.trainguard} not found: build it with scripts/build-release")
+    static = is_static(Path(args.trainguard))
+    floor_exe = floor_binary(static)
     cmd = [args.trainguard, "scan", "--format", "json", str(folder)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     reports = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
@@ -168,6 +194,7 @@ def main() -> int:
     print(f"folder: {len(reports)} files, {total / (1 << 30):.2f} GiB, {len(formats)} formats; "
           f"trainguard read {read / (1 << 20):.1f} MiB of it")
     print(f"  formats: {', '.join(f'{k} {v}' for k, v in sorted(formats.items()))}")
+    print(f"  binary: {args.trainguard} ({'static' if static else 'dynamic'}); floor: {floor_exe.name}")
     print(f"{'page cache':<11} {'trainguard scan s':>18} {'floor process s':>16} {'ratio':>7}  target <= 2x")
     for mode, r in results.items():
         print(f"{mode:<11} {r['scan_s']:>18.4f} {r['floor_s']:>16.4f} {r['ratio']:>6.2f}x  "

@@ -269,7 +269,7 @@ class Runner:
 
     def __init__(self, args):
         self.args = args
-        tg = os.environ.get("TRAINGUARD") or str(REPO / "target" / "release" / "trainguard")
+        tg = os.environ.get("TRAINGUARD") or str(REPO / "target" / "dist" / "trainguard")
         if "/" not in tg:
             tg = shutil.which(tg) or tg
         self.tg = Path(tg).absolute()  # tools run with cwd = their work dir
@@ -480,7 +480,7 @@ def tg_usable(runner: Runner, probe: Path | None) -> tuple[bool, str]:
     """trainguard is benchmarked only if it exists and answers `scan` on one small file with
     exit 0/1 and parseable per-file JSON; otherwise it is skipped (ratios n/a)."""
     if not runner.tg.exists():
-        return False, f"{runner.tg} not found (build: cargo build --release -p trainguard)"
+        return False, f"{runner.tg} not found (build it: scripts/build-release)"
     if not os.access(runner.tg, os.X_OK):
         return False, f"{runner.tg} is not executable"
     if probe is not None:

@@ -74,8 +74,12 @@ pub(crate) struct Context {
 }
 
 fn main() -> ExitCode {
+    // A scan's first helper thread starts now, while clap parses (see `cmd::scan::Helper`).
+    let early = (std::env::args_os().nth(1).as_deref() == Some("scan".as_ref()))
+        .then(cmd::scan::Helper::start)
+        .flatten();
     let cli = Cli::parse();
-    match run(cli) {
+    match run(cli, early) {
         Ok(code) => code,
         Err(err) => {
             if output::is_broken_pipe(&err) {
@@ -87,10 +91,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, early: Option<cmd::scan::Helper>) -> anyhow::Result<ExitCode> {
     let ctx = Context { ledger: cli.ledger };
     match cli.command {
-        Command::Scan(args) => cmd::scan::run(args, &ctx),
+        Command::Scan(args) => cmd::scan::run(args, &ctx, early),
         Command::Seal(args) => cmd::seal::run_seal(args, &ctx),
         Command::Verify(args) => cmd::seal::run_verify(args, &ctx),
         Command::Keygen(args) => cmd::seal::run_keygen(args, &ctx),

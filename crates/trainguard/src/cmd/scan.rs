@@ -124,7 +124,7 @@ pub(crate) struct Args {
     timeout: u64,
 }
 
-pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: Args, ctx: &Context, early: Option<Helper>) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut policy = Policy::new(match args.policy {
         PolicyName::WeightsOnly => Base::WeightsOnly,
@@ -177,7 +177,7 @@ pub(crate) fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
         include: include.as_ref(),
     };
     let json_lines = args.format == Format::Json;
-    let (scanned, mut errors) = scan_all(&scanner, &walk, threads, bar.as_ref(), json_lines);
+    let (scanned, mut errors) = scan_all(&scanner, &walk, threads, early, bar.as_ref(), json_lines);
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -282,12 +282,26 @@ fn scan_all(
     scanner: &Arc<Scanner>,
     walk: &Walk<'_>,
     threads: Option<usize>,
+    early: Option<Helper>,
     bar: Option<&indicatif::ProgressBar>,
     json_lines: bool,
 ) -> (Vec<Scanned>, Vec<String>) {
     let pool = Arc::new(Pool::default());
     let limit = std::cell::OnceCell::new();
     let mut helpers = 0;
+    // The helper started before the command line was parsed is the first one (with `-j1` it is
+    // dropped unused, and ends).
+    if let Some(early) = early.filter(|_| threads != Some(1)) {
+        let work = Work {
+            scanner: Arc::clone(scanner),
+            pool: Arc::clone(&pool),
+            bar: bar.cloned(),
+            json_lines,
+        };
+        if early.0.send(work).is_ok() {
+            helpers = 1;
+        }
+    }
     let mut spawn_failed = false;
     let mut hand_over = |path: &Path| {
         let i = pool.jobs.push(path.to_path_buf());
@@ -305,15 +319,15 @@ fn scan_all(
             helpers + 1 < *limit.get_or_init(|| threads.unwrap_or_else(default_threads))
         };
         if !spawn_failed && room && helpers < i {
-            let (pool, scanner, bar) = (Arc::clone(&pool), Arc::clone(scanner), bar.cloned());
+            let work = Work {
+                scanner: Arc::clone(scanner),
+                pool: Arc::clone(&pool),
+                bar: bar.cloned(),
+                json_lines,
+            };
             let spawned = std::thread::Builder::new()
                 .name(format!("scan-{}", helpers + 1))
-                .spawn(move || {
-                    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        scan_jobs(&scanner, &pool.jobs, bar.as_ref(), json_lines)
-                    }));
-                    pool.deliver(done);
-                });
+                .spawn(move || work.help());
             match spawned {
                 Ok(_) => helpers += 1,
                 Err(_) => spawn_failed = true,
@@ -357,6 +371,52 @@ fn scan_all(
         })
         .collect();
     (scanned, errors)
+}
+
+/// A scanning thread started before the command line is parsed, when it starts with `scan`:
+/// on a virtual machine a new thread can take a few hundred µs to first run, and that wait
+/// then overlaps the parsing and the set-up instead of the scan. It waits for its [`Work`]; a
+/// scan that never gets that far (a usage error, `--help`) drops the sender, and it ends.
+pub(crate) struct Helper(std::sync::mpsc::Sender<Work>);
+
+impl Helper {
+    /// Starts the thread (`None` if it cannot be started: the scan starts its helpers itself).
+    pub(crate) fn start() -> Option<Helper> {
+        let (send, receive) = std::sync::mpsc::channel::<Work>();
+        std::thread::Builder::new()
+            .name("scan-1".to_owned())
+            .spawn(move || {
+                if let Ok(work) = receive.recv() {
+                    work.help();
+                }
+            })
+            .ok()?;
+        Some(Helper(send))
+    }
+}
+
+/// What a helper thread needs to scan from the queue.
+struct Work {
+    scanner: Arc<Scanner>,
+    pool: Arc<Pool>,
+    bar: Option<indicatif::ProgressBar>,
+    json_lines: bool,
+}
+
+impl Work {
+    /// Scan from the queue until it is empty and closed, then hand the reports (or a panic)
+    /// back to the walking thread.
+    fn help(self) {
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            scan_jobs(
+                &self.scanner,
+                &self.pool.jobs,
+                self.bar.as_ref(),
+                self.json_lines,
+            )
+        }));
+        self.pool.deliver(done);
+    }
 }
 
 /// Scan files from `jobs` until none is left.

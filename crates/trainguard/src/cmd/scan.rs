@@ -90,8 +90,8 @@ pub(crate) struct Args {
     #[arg(long)]
     no_progress: bool,
 
-    /// Threads, the one that walks the directories among them (default: one per core, plus
-    /// the walking thread).
+    /// Threads, the one that walks the directories among them (default: one per core, and one
+    /// more once a scan has run 4 ms with files waiting, for files that come from the disk).
     #[arg(long, short = 'j', value_name = "N")]
     threads: Option<usize>,
 
@@ -256,14 +256,20 @@ struct Found {
 /// A report, with its JSON line when the workers render them.
 type Scanned = (FileReport, Option<String>);
 
-/// One scanning thread per core besides the one that walks: the walk is mostly system calls and
-/// leaves its core partly idle, and on this 2-core benchmark machine 3 threads scanned the
-/// corpus 8-11% and a mixed-format folder 8-12% faster than 2 (bench/README.md). The cores are
-/// what the process may use, CPU quotas included: finding out reads cgroup files, which costs
-/// tens of µs, so it is only done once a third file needs a thread.
+/// One scanning thread per core, the walking one among them. The cores are what the process
+/// may use, CPU quotas included: finding out reads cgroup files, which costs tens of µs, so it
+/// is only done once a third file needs a thread.
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from) + 1
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
+
+/// When the default number of threads grows by one. A thread beyond one per core pays off only
+/// while files come from the disk, where a thread waits and leaves its core idle; on files in
+/// the page cache it only competes for the cores. On the 2-core benchmark machine (bench/
+/// README.md, stop 14) one thread per core scanned a warm folder 5% and the warm corpus 9%
+/// faster than one more, and a cold folder 10% slower. So the extra thread starts only once a
+/// scan has gone on this long with files still waiting.
+const LATE: Duration = Duration::from_millis(4);
 
 /// Walk `walk` and scan every file found on up to `threads` threads (by default
 /// [`default_threads`]), this one among them, and return the reports in the walk's order.
@@ -287,22 +293,27 @@ fn scan_all(
     json_lines: bool,
 ) -> (Vec<Scanned>, Vec<String>) {
     let pool = Arc::new(Pool::default());
-    let limit = std::cell::OnceCell::new();
-    let mut helpers = 0;
-    // The helper started before the command line was parsed is the first one (with `-j1` it is
-    // dropped unused, and ends).
-    if let Some(early) = early.filter(|_| threads != Some(1)) {
-        let work = Work {
+    let mut crew = Crew {
+        work: Work {
             scanner: Arc::clone(scanner),
             pool: Arc::clone(&pool),
             bar: bar.cloned(),
             json_lines,
-        };
-        if early.0.send(work).is_ok() {
-            helpers = 1;
-        }
+        },
+        threads,
+        limit: None,
+        helpers: 0,
+        cannot_start: false,
+        started: Instant::now(),
+        late: false,
+    };
+    // The helper started before the command line was parsed is the first one (with `-j1` it is
+    // dropped unused, and ends).
+    if let Some(early) = early.filter(|_| threads != Some(1))
+        && early.0.send(crew.work.clone()).is_ok()
+    {
+        crew.helpers = 1;
     }
-    let mut spawn_failed = false;
     let mut hand_over = |path: &Path| {
         let i = pool.jobs.push(path.to_path_buf());
         if let Some(b) = bar {
@@ -311,28 +322,7 @@ fn scan_all(
                 b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             }
         }
-        // A helper for the second file, and one more per file after it, up to the limit
-        // (the default is only worked out for a third file).
-        let room = if helpers == 0 {
-            threads != Some(1)
-        } else {
-            helpers + 1 < *limit.get_or_init(|| threads.unwrap_or_else(default_threads))
-        };
-        if !spawn_failed && room && helpers < i {
-            let work = Work {
-                scanner: Arc::clone(scanner),
-                pool: Arc::clone(&pool),
-                bar: bar.cloned(),
-                json_lines,
-            };
-            let spawned = std::thread::Builder::new()
-                .name(format!("scan-{}", helpers + 1))
-                .spawn(move || work.help());
-            match spawned {
-                Ok(_) => helpers += 1,
-                Err(_) => spawn_failed = true,
-            }
-        }
+        crew.found(i);
         i
     };
     let (found, errors) = collect_files(walk, &mut hand_over);
@@ -348,7 +338,7 @@ fn scan_all(
         })
         .collect();
     pool.jobs.close();
-    let mine = scan_jobs(scanner, &pool.jobs, bar, json_lines);
+    let mine = scan_jobs(scanner, &pool.jobs, bar, json_lines, || crew.late());
     let done = pool.wait_for_rest(mine);
     let mut by_job: Vec<Option<Scanned>> =
         std::iter::repeat_with(|| None).take(done.len()).collect();
@@ -396,6 +386,7 @@ impl Helper {
 }
 
 /// What a helper thread needs to scan from the queue.
+#[derive(Clone)]
 struct Work {
     scanner: Arc<Scanner>,
     pool: Arc<Pool>,
@@ -413,6 +404,7 @@ impl Work {
                 &self.pool.jobs,
                 self.bar.as_ref(),
                 self.json_lines,
+                || {},
             )
         }));
         self.pool.deliver(done);
@@ -425,6 +417,7 @@ fn scan_jobs(
     jobs: &Jobs,
     bar: Option<&indicatif::ProgressBar>,
     json_lines: bool,
+    mut after_each: impl FnMut(),
 ) -> Vec<(usize, Scanned)> {
     let mut done = Vec::new();
     while let Some((i, path)) = jobs.take() {
@@ -434,8 +427,74 @@ fn scan_jobs(
         if let Some(b) = bar {
             b.inc(1);
         }
+        after_each();
     }
     done
+}
+
+/// The walking thread's account of the helper threads it starts.
+struct Crew {
+    /// What each helper gets.
+    work: Work,
+    /// `-j N`, if given.
+    threads: Option<usize>,
+    /// The most threads, this one included (worked out for the third file).
+    limit: Option<usize>,
+    helpers: usize,
+    /// A thread could not be started: the scan goes on with those it has.
+    cannot_start: bool,
+    started: Instant,
+    /// The thread past one per core has been started (see [`LATE`]).
+    late: bool,
+}
+
+impl Crew {
+    fn start(&mut self) {
+        if self.cannot_start {
+            return;
+        }
+        let work = self.work.clone();
+        let started = std::thread::Builder::new()
+            .name(format!("scan-{}", self.helpers + 1))
+            .spawn(move || work.help());
+        match started {
+            Ok(_) => self.helpers += 1,
+            Err(_) => self.cannot_start = true,
+        }
+    }
+
+    /// The walk found job `i`: a helper for the second file, and one more per file after it,
+    /// up to the limit.
+    fn found(&mut self, i: usize) {
+        let room = if self.helpers == 0 {
+            self.threads != Some(1)
+        } else {
+            let threads = self.threads;
+            self.helpers + 1
+                < *self
+                    .limit
+                    .get_or_insert_with(|| threads.unwrap_or_else(default_threads))
+        };
+        if room && self.helpers < i {
+            self.start();
+        } else {
+            self.late();
+        }
+    }
+
+    /// With the default number of threads, one more once the scan is [`LATE`] with at least
+    /// two files waiting.
+    fn late(&mut self) {
+        if !self.late
+            && self.threads.is_none()
+            && self.limit.is_some_and(|limit| self.helpers + 1 >= limit)
+            && self.started.elapsed() >= LATE
+            && self.work.pool.jobs.queued() >= 2
+        {
+            self.late = true;
+            self.start();
+        }
+    }
 }
 
 /// The jobs, and the reports the helpers hand back when they run out of jobs.
@@ -532,6 +591,12 @@ impl Jobs {
     fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_all();
+    }
+
+    /// How many files no thread has taken yet.
+    fn queued(&self) -> usize {
+        let q = self.lock();
+        q.paths.len() - q.next
     }
 
     /// The next file to scan, waiting for the walk to find one; `None` once all are taken.

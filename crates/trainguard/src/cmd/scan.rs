@@ -258,7 +258,7 @@ type Scanned = (FileReport, Option<String>);
 
 /// One scanning thread per core, the walking one among them. The cores are what the process
 /// may use, CPU quotas included: finding out reads cgroup files, which costs tens of µs, so it
-/// is only done once a third file needs a thread.
+/// is only done once the walk has found a file for a second helper.
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
@@ -438,7 +438,7 @@ struct Crew {
     work: Work,
     /// `-j N`, if given.
     threads: Option<usize>,
-    /// The most threads, this one included (worked out for the third file).
+    /// The most threads, this one included (worked out once a second helper could start).
     limit: Option<usize>,
     helpers: usize,
     /// A thread could not be started: the scan goes on with those it has.

@@ -338,7 +338,8 @@ fn scan_all(
         })
         .collect();
     pool.jobs.close();
-    let mine = scan_jobs(scanner, &pool.jobs, bar, json_lines, || crew.late());
+    let work = crew.work.clone();
+    let mine = work.scan(|| crew.late());
     let done = pool.wait_for_rest(mine);
     let mut by_job: Vec<Option<Scanned>> =
         std::iter::repeat_with(|| None).take(done.len()).collect();
@@ -398,38 +399,24 @@ impl Work {
     /// Scan from the queue until it is empty and closed, then hand the reports (or a panic)
     /// back to the walking thread.
     fn help(self) {
-        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            scan_jobs(
-                &self.scanner,
-                &self.pool.jobs,
-                self.bar.as_ref(),
-                self.json_lines,
-                || {},
-            )
-        }));
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.scan(|| {})));
         self.pool.deliver(done);
     }
-}
 
-/// Scan files from `jobs` until none is left.
-fn scan_jobs(
-    scanner: &Scanner,
-    jobs: &Jobs,
-    bar: Option<&indicatif::ProgressBar>,
-    json_lines: bool,
-    mut after_each: impl FnMut(),
-) -> Vec<(usize, Scanned)> {
-    let mut done = Vec::new();
-    while let Some((i, path)) = jobs.take() {
-        let report = scanner.scan_path(&path);
-        let line = json_lines.then(|| tg_report::jsonl::line(&report));
-        done.push((i, (report, line)));
-        if let Some(b) = bar {
-            b.inc(1);
+    /// Scan files from the queue until none is left, calling `after_each` after each one.
+    fn scan(&self, mut after_each: impl FnMut()) -> Vec<(usize, Scanned)> {
+        let mut done = Vec::new();
+        while let Some((i, path)) = self.pool.jobs.take() {
+            let report = self.scanner.scan_path(&path);
+            let line = self.json_lines.then(|| tg_report::jsonl::line(&report));
+            done.push((i, (report, line)));
+            if let Some(b) = &self.bar {
+                b.inc(1);
+            }
+            after_each();
         }
-        after_each();
+        done
     }
-    done
 }
 
 /// The walking thread's account of the helper threads it starts.

@@ -62,7 +62,7 @@ mod read_at;
 mod tar;
 mod zip;
 
-pub use read_at::{ReadAt, SizedFile};
+pub use read_at::{Counted, ReadAt, SizedFile};
 pub use tar::{TarAnomaly, TarArchive, TarEntry, TarEntryKind, TarError};
 pub use zip::{
     Anomaly, Entry, FLAG_DATA_DESCRIPTOR, FLAG_ENCRYPTED, FLAG_PATCH, FLAG_STRONG_ENCRYPTION,

@@ -158,6 +158,47 @@ impl ReadAt for SizedFile {
     }
 }
 
+/// A source that counts the bytes read through it: what a reader built on it really read
+/// from the file, its headers and directories included.
+#[derive(Debug)]
+pub struct Counted<R> {
+    inner: R,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl<R: ReadAt> Counted<R> {
+    /// Counts the reads of `inner`, from zero.
+    pub fn new(inner: R) -> Counted<R> {
+        Counted {
+            inner,
+            bytes: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes asked for so far (a read that failed counts too: it was made).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Only positioned reads are forwarded: `as_slice` would let a reader look at the bytes
+/// without a read to count.
+impl<R: ReadAt> ReadAt for Counted<R> {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.bytes
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.inner.read_exact_at(buf, offset)
+    }
+
+    fn as_file(&self) -> Option<&std::fs::File> {
+        self.inner.as_file()
+    }
+}
+
 fn eof() -> io::Error {
     io::Error::new(
         io::ErrorKind::UnexpectedEof,

@@ -1010,12 +1010,14 @@ impl Cx<'_> {
     // ---------- Keras HDF5, TensorFlow SavedModel ----------
 
     /// A Keras HDF5 file, read in windows of [`H5_WINDOW`] bytes (each with the overlap a config
-    /// may need), so memory stays bounded for weights files of any size.
+    /// may need), so memory stays bounded for weights files of any size. Each byte is read from
+    /// the file once: a window's overlap is kept and moved to the front of the next one.
     fn scan_h5(&mut self, src: &dyn ReadAt) -> Outcome {
         let size = src.size();
         let mut scan = crate::keras::H5Scan::default();
         let mut out = Outcome::new("keras-h5");
-        let (mut base, mut reread) = (0, 0);
+        let mut base = 0;
+        let mut bytes: Vec<u8> = Vec::new();
         while base < size {
             if base > 0 && self.timed_out() {
                 out.findings.push(timeout());
@@ -1023,15 +1025,16 @@ impl Cx<'_> {
             }
             let own = H5_WINDOW.min(size - base);
             let len = (own + crate::keras::H5_OVERLAP).min(size - base);
-            let bytes = match self.read(src, base, len) {
-                Ok(b) => b,
-                Err(e) => return unreadable("HDF5 file", &e.to_string()),
-            };
-            // The previous window's overlap is read again: count the file's bytes once.
-            self.bytes_read -= reread;
-            reread = len - own;
-            // `own` fits in memory: it is at most H5_WINDOW.
+            // `bytes` holds the file from `base` as far as the last window reached.
+            // `len` fits in memory: it is at most H5_WINDOW + H5_OVERLAP.
+            let have = bytes.len();
+            bytes.resize(len as usize, 0);
+            if let Err(e) = src.read_exact_at(&mut bytes[have..], base + have as u64) {
+                return unreadable("HDF5 file", &e.to_string());
+            }
+            self.bytes_read += len - have as u64;
             scan.window(&bytes, base, own as usize);
+            bytes.drain(..own as usize);
             base += own;
         }
         let (findings, notes) = scan.finish();

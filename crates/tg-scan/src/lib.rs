@@ -146,7 +146,13 @@ impl Scanner {
                 Err(e) => return io_report(display, &e),
             }
         } else {
-            self.scan_source(&display, &file)
+            // Counted where the reads happen: the readers' own tallies leave out headers and
+            // directories that they read to find their way (`bytes_read` is what a benchmark's
+            // floor reads back).
+            let counted = tg_archive::Counted::new(&file);
+            let mut r = self.scan_source(&display, &counted);
+            r.bytes_read = counted.bytes();
+            r
         };
         report.size = size;
         report

@@ -36,6 +36,8 @@ pub(crate) struct Member {
     pub(crate) local_offset_override: Option<u64>,
     /// Do not write this member's local header and data (pairs with `local_offset_override`).
     pub(crate) skip_local: bool,
+    /// Bytes of padding in the local extra field, as PyTorch writes to align member data.
+    pub(crate) local_padding: u16,
 }
 
 pub(crate) fn crc32(data: &[u8]) -> u32 {
@@ -65,6 +67,7 @@ impl Member {
             external_attributes: 0,
             local_offset_override: None,
             skip_local: false,
+            local_padding: 0,
         }
     }
 
@@ -191,6 +194,11 @@ impl ZipBuilder {
                 u16le(&mut extra, 16);
                 u64le(&mut extra, lu);
                 u64le(&mut extra, lc);
+            }
+            if m.local_padding > 0 {
+                u16le(&mut extra, 0x4246); // "FB", PyTorch's padding field
+                u16le(&mut extra, m.local_padding);
+                extra.resize(extra.len() + usize::from(m.local_padding), b'Z');
             }
             u32le(&mut head, 0x0403_4b50);
             u16le(&mut head, if self.zip64 { 45 } else { 20 });

@@ -555,3 +555,60 @@ fn back_reference_before_the_output_start_is_refused_like_tinfl() {
     let zip = open(&bytes);
     assert_eq!(zip.read(&zip.entries()[0]).unwrap(), b"aaaa");
 }
+
+/// Counts the positioned reads made through it.
+struct CountReads<'a>(&'a [u8], std::sync::atomic::AtomicUsize);
+
+impl tg_archive::ReadAt for CountReads<'_> {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.read_exact_at(buf, offset)
+    }
+}
+
+#[test]
+fn each_local_header_takes_one_read() {
+    // Like a PyTorch checkpoint: storages whose data is padded to 64 bytes by the local extra.
+    let members: Vec<Member> = (0..50)
+        .map(|i| {
+            let mut m = Member::stored(&format!("archive/data/{i}"), &[1u8; 100]);
+            m.local_padding = 40 + i % 24;
+            m
+        })
+        .collect();
+    let bytes = ZipBuilder::new(members).build();
+    let src = CountReads(&bytes, Default::default());
+    let zip = ZipArchive::open(&src, Limits::default()).expect("archive opens");
+    assert_eq!(zip.anomalies(), &[] as &[Anomaly]);
+    let reads = src.1.load(std::sync::atomic::Ordering::Relaxed);
+    // The end records and the central directory, then one read per member.
+    assert!(reads <= 50 + 4, "{reads} reads for 50 members");
+    let last = zip.locate("archive/data/49").unwrap();
+    assert_eq!(zip.read(last).unwrap(), vec![1u8; 100]);
+}
+
+#[test]
+fn a_local_header_longer_than_the_first_read_is_read_whole() {
+    let mut padded = Member::stored("archive/data/0", b"payload");
+    padded.local_padding = 1000;
+    let mut renamed = Member::stored("archive/data/1", b"other");
+    let long = format!("archive/data/{}", "x".repeat(300));
+    renamed.local_name = Some(long.clone().into_bytes());
+    let bytes = ZipBuilder::new(vec![padded, renamed]).build();
+    let zip = open(&bytes);
+    assert_eq!(
+        zip.anomalies(),
+        &[Anomaly::LocalNameMismatch {
+            central: "archive/data/1".into(),
+            local: long
+        }]
+    );
+    let first = zip.locate("archive/data/0").unwrap();
+    assert_eq!(zip.read(first).unwrap(), b"payload");
+    let second = zip.locate("archive/data/1").unwrap();
+    assert_eq!(zip.read(second).unwrap(), b"other");
+}

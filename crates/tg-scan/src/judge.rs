@@ -272,7 +272,7 @@ pub(crate) fn judge(
     for (at, inner) in &a.nested {
         let j = judge(inner, input, policy, ctx, depth + 1, follow);
         out.findings.extend(j.findings);
-        out.storage_keys.extend(j.storage_keys);
+        crate::formats::merge_keys(&mut out.storage_keys, j.storage_keys);
         let _ = at;
     }
 

@@ -173,6 +173,7 @@ pub(crate) fn run(args: Args, ctx: &Context, early: Option<Helper>) -> anyhow::R
     });
     let walk = Walk {
         roots: &args.paths,
+        by_size: threads != Some(1),
         exclude: &exclude,
         include: include.as_ref(),
     };
@@ -241,6 +242,9 @@ pub(crate) fn run(args: Args, ctx: &Context, early: Option<Helper>) -> anyhow::R
 /// What to walk: the roots and the globs that filter them.
 struct Walk<'a> {
     roots: &'a [PathBuf],
+    /// Hand each directory's files over largest first (worth a `statx` each only when
+    /// several threads share them).
+    by_size: bool,
     exclude: &'a globset::GlobSet,
     include: Option<&'a globset::GlobSet>,
 }
@@ -646,18 +650,19 @@ fn walk_order(path: &Path) -> Vec<u8> {
 
 /// Every file under the roots, in a stable order: each root's files in the order of a sorted
 /// depth-first walk. Directory symlinks are not followed (no loops); a symlink to a file is
-/// scanned as that file. Files reached without a symlink go to `hand_over` as soon as they are
-/// found; the others wait for [`dedupe_links`].
+/// scanned as that file. Files reached without a symlink go to `hand_over` once their
+/// directory has been listed, largest first (see [`Batch`]); the others wait for
+/// [`dedupe_links`].
 fn collect_files(
     walk: &Walk<'_>,
     hand_over: &mut dyn FnMut(&Path) -> usize,
 ) -> (Vec<Found>, Vec<String>) {
-    let mut files = Vec::new();
+    let mut files: Vec<Found> = Vec::new();
     let mut errors = Vec::new();
-    let mut found = |path: PathBuf, is_link: bool| Found {
-        job: (!is_link).then(|| hand_over(&path)),
+    let found = |path: PathBuf, is_link: bool| Found {
         path,
         is_link,
+        job: None,
     };
     for root in walk.roots {
         let meta = match fs_err::metadata(root) {
@@ -669,12 +674,18 @@ fn collect_files(
         };
         if meta.is_file() {
             // An explicitly named file is scanned even if an --include glob does not match.
-            files.push(found(root.clone(), root.is_symlink()));
+            let is_link = root.is_symlink();
+            files.push(found(root.clone(), is_link));
+            if !is_link {
+                let f = files.last_mut().expect("just pushed");
+                f.job = Some(hand_over(&f.path));
+            }
             continue;
         }
         // Unsorted: walkdir's sort_by_file_name parses both paths at every comparison; this
         // root's files are sorted once below, into the same order.
         let first = files.len();
+        let mut batch = Batch::default();
         let walker = walkdir::WalkDir::new(root).follow_links(false).into_iter();
         for entry in walker.filter_entry(|e| e.depth() == 0 || !matches(walk.exclude, e.path())) {
             match entry {
@@ -687,14 +698,57 @@ fn collect_files(
                     if walk.include.is_some_and(|inc| !matches(inc, e.path())) {
                         continue;
                     }
+                    if batch.parent.as_deref() != e.path().parent() || batch.len() >= BATCH {
+                        batch.hand_over(&mut files, hand_over);
+                        batch.parent = e.path().parent().map(Path::to_path_buf);
+                    }
+                    if !is_link {
+                        // A file whose size cannot be read goes last; its scan reports why.
+                        let size = if walk.by_size {
+                            e.metadata().map_or(0, |m| m.len())
+                        } else {
+                            0
+                        };
+                        batch.files.push((size, files.len()));
+                    }
                     files.push(found(e.into_path(), is_link));
                 }
                 Err(e) => errors.push(format!("cannot walk {}: {e}", root.display())),
             }
         }
+        batch.hand_over(&mut files, hand_over);
         files[first..].sort_by_cached_key(|f| walk_order(&f.path));
     }
     (files, errors)
+}
+
+/// The most files of one directory held back before they are handed over together.
+const BATCH: usize = 256;
+
+/// The files of one directory found so far, handed over largest first: a scan takes as long
+/// as its slowest thread, and a large checkpoint taken last leaves the other threads idle
+/// while it is scanned. Sizes cost a `statx` per file, about 1.4 µs here. On the benchmark
+/// folder with a 10 GiB checkpoint (bench/README.md, 2026-12-03) the whole scan took 5-7% less
+/// time warm and 8-17% less cold; on the same folder without the checkpoint, 5% more.
+#[derive(Default)]
+struct Batch {
+    parent: Option<PathBuf>,
+    /// Size and place in the walk's list of each file.
+    files: Vec<(u64, usize)>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    fn hand_over(&mut self, found: &mut [Found], hand_over: &mut dyn FnMut(&Path) -> usize) {
+        // Stable: files of equal size keep the walk's order.
+        self.files.sort_by_key(|&(size, _)| std::cmp::Reverse(size));
+        for (_, i) in self.files.drain(..) {
+            found[i].job = Some(hand_over(&found[i].path));
+        }
+    }
 }
 
 /// A Hugging Face hub cache names every file twice: `snapshots/<rev>/<name>` is a symlink to
@@ -811,6 +865,31 @@ fn format_table(reports: &[FileReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_is_handed_over_largest_first_and_ties_in_walk_order() {
+        let mut found: Vec<Found> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| Found {
+                path: PathBuf::from(n),
+                is_link: false,
+                job: None,
+            })
+            .collect();
+        let mut batch = Batch {
+            parent: None,
+            files: vec![(10, 0), (500, 1), (10, 2), (7000, 3)],
+        };
+        let mut order = Vec::new();
+        batch.hand_over(&mut found, &mut |p| {
+            order.push(p.to_path_buf());
+            order.len() - 1
+        });
+        assert_eq!(order, ["d", "b", "a", "c"].map(PathBuf::from));
+        let jobs: Vec<Option<usize>> = found.iter().map(|f| f.job).collect();
+        assert_eq!(jobs, [Some(2), Some(1), Some(3), Some(0)]);
+        assert_eq!(batch.len(), 0);
+    }
 
     #[test]
     fn walk_order_visits_a_directory_before_longer_sibling_names() {

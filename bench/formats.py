@@ -4,7 +4,9 @@
 Builds (once, in bench/out/formats/) a model folder of mixed formats — every format fixture of
 the scanner (safetensors, GGUF, ONNX, Keras, skops, SavedModel, pickles, torch zip/legacy/tar,
 numpy, joblib, wrappers) plus large files as a real model folder has them: a safetensors file,
-a .npy array and a torch zip checkpoint from bench/out/big when present — then:
+a .npy array and a torch zip checkpoint from bench/out/big when present (made by
+`bench/scan.py --sections big`; the folder is built once, so delete it to add one later; the
+output says whether it is there) — then:
 
 1. runs `trainguard scan --format json DIR` once to learn, for every file, how many bytes it
    read (`bytes_read`);
@@ -194,6 +196,17 @@ def main() -> int:
     print(f"folder: {len(reports)} files, {total / (1 << 30):.2f} GiB, {len(formats)} formats; "
           f"trainguard read {read / (1 << 20):.1f} MiB of it")
     print(f"  formats: {', '.join(f'{k} {v}' for k, v in sorted(formats.items()))}")
+    # The folder is built once: whether it holds a large checkpoint depends on whether
+    # bench/out/big had one then, and changes the result a lot (its pickle and hundreds of
+    # local headers are the slowest file to scan), so say which it is.
+    ckpts = [r for r in reports if r["format"] == "pytorch-zip" and r["size"] >= 1 << 30]
+    if ckpts:
+        for r in ckpts:
+            print(f"  large checkpoint: {Path(r['path']).name}, {r['size'] / (1 << 30):.2f} GiB, "
+                  f"{r['bytes_read'] / 1024:.0f} KiB of it read")
+    else:
+        print("  large checkpoint: none (to include one: python3 bench/scan.py --sections big "
+              "--setup-only, then delete bench/out/formats/model-folder)")
     print(f"  binary: {args.trainguard} ({'static' if static else 'dynamic'}); floor: {floor_exe.name}")
     print(f"{'page cache':<11} {'trainguard scan s':>18} {'floor process s':>16} {'ratio':>7}  target <= 2x")
     for mode, r in results.items():
@@ -205,7 +218,8 @@ def main() -> int:
               f"{loop:.4f} s; trainguard / loop {results['warm']['scan_s'] / loop:.1f}x)")
     (OUT / "formats.json").write_text(json.dumps({
         "files": len(reports), "bytes": total, "bytes_read": read, "runs": args.runs,
-        "results": results, "formats": formats}, indent=2))
+        "results": results, "formats": formats,
+        "large_checkpoints": [Path(r["path"]).name for r in ckpts]}, indent=2))
     return 0
 
 

@@ -1440,9 +1440,10 @@ fn check_local<R: ReadAt>(
         });
         return Ok(());
     }
-    let lfh = &head[..LFH_SIZE as usize];
-    let name_len = u64::from(le16(lfh, 26));
-    let extra_len = u64::from(le16(lfh, 28));
+    let mut lfh = [0u8; LFH_SIZE as usize];
+    lfh.copy_from_slice(&head[..LFH_SIZE as usize]);
+    let name_len = u64::from(le16(&lfh, 26));
+    let extra_len = u64::from(le16(&lfh, 28));
     let data_offset = lho + LFH_SIZE + name_len + extra_len;
     entry.data_offset = data_offset;
     entry.local_ok = true;
@@ -1464,7 +1465,6 @@ fn check_local<R: ReadAt>(
                 source,
             })?;
     }
-    let lfh = &head[..LFH_SIZE as usize];
     let local_name = &head[LFH_SIZE as usize..LFH_SIZE as usize + name_len as usize];
     let local_extra = &head[LFH_SIZE as usize + name_len as usize..header_len];
     if local_name != entry.raw_name {
@@ -1473,7 +1473,7 @@ fn check_local<R: ReadAt>(
             local: lossy(local_name),
         });
     }
-    let local_method = le16(lfh, 8);
+    let local_method = le16(&lfh, 8);
     if local_method != entry.method {
         sink.push(Anomaly::LocalMethodMismatch {
             name: entry.name.clone(),
@@ -1481,9 +1481,9 @@ fn check_local<R: ReadAt>(
             local: local_method,
         });
     }
-    let local_flags = le16(lfh, 6);
-    let mut lc = u64::from(le32(lfh, 18));
-    let mut lu = u64::from(le32(lfh, 22));
+    let local_flags = le16(&lfh, 6);
+    let mut lc = u64::from(le32(&lfh, 18));
+    let mut lu = u64::from(le32(&lfh, 22));
     if lc == u64::from(u32::MAX) || lu == u64::from(u32::MAX) {
         // A malformed local zip64 field leaves the 32-bit values, which then mismatch below.
         let _ = apply_zip64_extra(local_extra, &mut lu, &mut lc, None, lho);

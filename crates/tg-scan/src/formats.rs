@@ -56,6 +56,9 @@ impl Outcome {
 pub(crate) struct Cx<'s> {
     pub scanner: &'s Scanner,
     pub deadline: Instant,
+    /// The readers' own tally of bytes read, the report's `bytes_read` for bytes scanned in
+    /// memory; a file's reads are counted at the file instead (`tg_archive::Counted`), since
+    /// this tally leaves out the headers and directories the readers read to find their way.
     pub bytes_read: u64,
 }
 

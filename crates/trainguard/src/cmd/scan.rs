@@ -659,11 +659,6 @@ fn collect_files(
 ) -> (Vec<Found>, Vec<String>) {
     let mut files: Vec<Found> = Vec::new();
     let mut errors = Vec::new();
-    let found = |path: PathBuf, is_link: bool| Found {
-        path,
-        is_link,
-        job: None,
-    };
     for root in walk.roots {
         let meta = match fs_err::metadata(root) {
             Ok(m) => m,
@@ -675,11 +670,11 @@ fn collect_files(
         if meta.is_file() {
             // An explicitly named file is scanned even if an --include glob does not match.
             let is_link = root.is_symlink();
-            files.push(found(root.clone(), is_link));
-            if !is_link {
-                let f = files.last_mut().expect("just pushed");
-                f.job = Some(hand_over(&f.path));
-            }
+            files.push(Found {
+                path: root.clone(),
+                is_link,
+                job: (!is_link).then(|| hand_over(root)),
+            });
             continue;
         }
         // Unsorted: walkdir's sort_by_file_name parses both paths at every comparison; this
@@ -698,7 +693,7 @@ fn collect_files(
                     if walk.include.is_some_and(|inc| !matches(inc, e.path())) {
                         continue;
                     }
-                    if batch.parent.as_deref() != e.path().parent() || batch.len() >= BATCH {
+                    if batch.parent.as_deref() != e.path().parent() || batch.files.len() >= BATCH {
                         batch.hand_over(&mut files, hand_over);
                         batch.parent = e.path().parent().map(Path::to_path_buf);
                     }
@@ -711,7 +706,11 @@ fn collect_files(
                         };
                         batch.files.push((size, files.len()));
                     }
-                    files.push(found(e.into_path(), is_link));
+                    files.push(Found {
+                        path: e.into_path(),
+                        is_link,
+                        job: None,
+                    });
                 }
                 Err(e) => errors.push(format!("cannot walk {}: {e}", root.display())),
             }
@@ -738,10 +737,6 @@ struct Batch {
 }
 
 impl Batch {
-    fn len(&self) -> usize {
-        self.files.len()
-    }
-
     fn hand_over(&mut self, found: &mut [Found], hand_over: &mut dyn FnMut(&Path) -> usize) {
         // Stable: files of equal size keep the walk's order.
         self.files.sort_by_key(|&(size, _)| std::cmp::Reverse(size));
@@ -888,7 +883,7 @@ mod tests {
         assert_eq!(order, ["d", "b", "a", "c"].map(PathBuf::from));
         let jobs: Vec<Option<usize>> = found.iter().map(|f| f.job).collect();
         assert_eq!(jobs, [Some(2), Some(1), Some(3), Some(0)]);
-        assert_eq!(batch.len(), 0);
+        assert!(batch.files.is_empty());
     }
 
     #[test]

@@ -374,8 +374,13 @@ fn scan_all(
 /// on a virtual machine a new thread can take a few hundred µs to first run, and that wait
 /// then overlaps the parsing and the set-up instead of the scan. It waits for its [`Work`]; a
 /// scan that never gets that far (a usage error, `--help`) drops the sender, and it ends.
+///
 /// Before it waits, it works out the number of cores ([`default_threads`]), 30-70 µs that
-/// would otherwise fall on the walking thread.
+/// would otherwise fall on the walking thread, and, when there is more than one core,
+/// warms the scanner up ([`Scanner::warm_up`]): it scans a few built-in files with the default
+/// policy and renders their reports, so the first touches of the scanner's code, of its own
+/// malloc arena and of the read buffers happen while the command line is parsed and the
+/// folder walked, not on the way to the first reports. One core: nothing would overlap.
 pub(crate) struct Helper(std::sync::mpsc::Sender<Work>);
 
 impl Helper {
@@ -385,7 +390,13 @@ impl Helper {
         std::thread::Builder::new()
             .name("scan-1".to_owned())
             .spawn(move || {
-                default_threads();
+                let cores = default_threads();
+                if cores > 1 {
+                    let scanner = Scanner::new(Policy::new(Base::Default), Limits::default());
+                    for report in scanner.warm_up(cores) {
+                        tg_report::jsonl::line(&report);
+                    }
+                }
                 if let Ok(work) = receive.recv() {
                     work.help();
                 }

@@ -437,18 +437,12 @@ fn a_large_hdf5_file_is_read_in_windows() {
     );
 }
 
-/// `Scanner::warm_up` runs the real scanner over its built-in files: each is found clean and
-/// read as its own format (a sample the scanner stopped reading would warm nothing up).
+/// `Scanner::warm_up` runs the real scanner over its built-in checkpoint: it is found clean and
+/// read as a PyTorch checkpoint (a sample the scanner stopped reading would warm nothing up).
 #[test]
-fn warm_up_scans_one_clean_file_of_each_common_format() {
-    let reports = Scanner::default().warm_up(2);
-    let formats: Vec<&str> = reports.iter().map(|r| r.format.as_str()).collect();
-    assert_eq!(
-        formats,
-        ["pytorch-zip", "safetensors", "gguf", "onnx", "keras"]
-    );
-    for r in &reports {
-        assert_eq!(r.verdict, Verdict::Clean, "{}", describe(r));
-        assert!(r.findings.is_empty(), "{}", describe(r));
-    }
+fn warm_up_scans_a_clean_pytorch_checkpoint() {
+    let r = Scanner::default().warm_up(2);
+    assert_eq!(r.format, "pytorch-zip", "{}", describe(&r));
+    assert_eq!(r.verdict, Verdict::Clean, "{}", describe(&r));
+    assert!(r.findings.is_empty(), "{}", describe(&r));
 }

@@ -394,6 +394,7 @@ impl Helper {
                 let cores = default_threads();
                 if cores > 1 {
                     let scanner = Scanner::new(Policy::new(Base::Default), Limits::default());
+                    // Rendered too, for the renderer's code; the line itself is dropped.
                     tg_report::jsonl::line(&scanner.warm_up(cores));
                 }
                 if let Ok(work) = receive.recv() {
@@ -731,13 +732,14 @@ fn collect_files(
     (files, errors)
 }
 
-/// Whether the file's name says it is in a format whose scan reads a header and nothing else
-/// (safetensors, GGUF, numpy): it takes as long at 10 GB as at 10 KB, so its size is not read
-/// for the order of the scan (see [`Batch`]), and it goes after the files whose size was read.
-/// A file misnamed is scanned all the same, only perhaps later.
+/// Whether the file's name says it is in a format whose scan reads its header and nothing else
+/// (safetensors, GGUF): it takes as long at 10 GB as at 10 KB, so its size is not read for the
+/// order of the scan (see [`Batch`]), and it goes after the files whose size was read. A file
+/// misnamed is scanned all the same, only perhaps later. (Not `.npy`: an array of objects is a
+/// pickle after the header, read to its end.)
 fn header_only(path: &Path) -> bool {
     path.extension().is_some_and(|ext| {
-        ["safetensors", "gguf", "npy"]
+        ["safetensors", "gguf"]
             .iter()
             .any(|known| ext.eq_ignore_ascii_case(known))
     })
@@ -751,7 +753,7 @@ const BATCH: usize = 256;
 /// while it is scanned. Sizes cost a `statx` per file, about 1.4-2 µs here. On the benchmark
 /// folder with a 10 GiB checkpoint (bench/README.md, 2026-12-03) the whole scan took 5-7% less
 /// time warm and 8-17% less cold; on the same folder without the checkpoint, 5% more. Files
-/// in a header-only format are not sized ([`header_only`]): on that folder (37 of its 81
+/// in a header-only format are not sized ([`header_only`]): on that folder (35 of its 81
 /// files) another 3% less.
 #[derive(Default)]
 struct Batch {

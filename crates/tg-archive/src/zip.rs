@@ -1415,7 +1415,8 @@ fn parse_central(
 /// member's data to 64 bytes with an extra field of 4 to 67 bytes, and a zip64 field adds 20.
 const LOCAL_EXTRA_GUESS: u64 = 96;
 
-/// The fewest members for which [`prefetch_local_headers`] probes the cache.
+/// The fewest members for which [`prefetch_local_headers`] probes the cache: a smaller zip has
+/// few headers to wait for, and they often share pages with what was already read.
 const PREFETCH_MIN_ENTRIES: usize = 16;
 
 /// Asks for every local header of a file whose headers are not in the page cache, all at once.

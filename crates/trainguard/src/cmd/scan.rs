@@ -391,11 +391,12 @@ impl Helper {
         std::thread::Builder::new()
             .name("scan-1".to_owned())
             .spawn(move || {
-                let cores = default_threads();
-                if cores > 1 {
+                if default_threads() > 1 {
                     let scanner = Scanner::new(Policy::new(Base::Default), Limits::default());
-                    // Rendered too, for the renderer's code; the line itself is dropped.
-                    tg_report::jsonl::line(&scanner.warm_up(cores));
+                    // Buffers for the two threads that scan first, this one and the walking
+                    // one (a buffer per core would be megabytes on a large machine). Rendered
+                    // too, for the renderer's code; the line itself is dropped.
+                    tg_report::jsonl::line(&scanner.warm_up(2));
                 }
                 if let Ok(work) = receive.recv() {
                     work.help();

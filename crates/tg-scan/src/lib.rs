@@ -202,6 +202,19 @@ impl Scanner {
     }
 }
 
+/// Whether the file's name says it is in a format whose scan reads its header and nothing else
+/// (safetensors, GGUF): such a scan takes as long at 10 GB as at 10 KB, so a caller ordering
+/// files by expected cost need not read their size. Formats are still told by content when
+/// scanned; a misnamed file is only ordered wrongly. (Not `.npy`: an array of objects is a
+/// pickle after the header, read to its end.)
+pub fn reads_header_only(path: &Path) -> bool {
+    path.extension().is_some_and(|ext| {
+        ["safetensors", "gguf"]
+            .iter()
+            .any(|known| ext.eq_ignore_ascii_case(known))
+    })
+}
+
 /// What [`Scanner::warm_up`] scans: a small clean PyTorch checkpoint laid out as `torch.save`
 /// writes it (`tests/fixtures/make_fixtures.py`), the format whose scan runs the most code
 /// (zip, pickle machine, judge). A clean file of each other common format as well warmed

@@ -392,7 +392,7 @@ impl Helper {
             .name("scan-1".to_owned())
             .spawn(move || {
                 if default_threads() > 1 {
-                    let scanner = Scanner::new(Policy::new(Base::Default), Limits::default());
+                    let scanner = Scanner::default();
                     // Buffers for the two threads that scan first, this one and the walking
                     // one (a buffer per core would be megabytes on a large machine). Rendered
                     // too, for the renderer's code; the line itself is dropped.
@@ -711,7 +711,7 @@ fn collect_files(
                     }
                     if !is_link {
                         // A file whose size cannot be read goes last; its scan reports why.
-                        let size = if walk.by_size && !header_only(e.path()) {
+                        let size = if walk.by_size && !tg_scan::reads_header_only(e.path()) {
                             e.metadata().map_or(0, |m| m.len())
                         } else {
                             0
@@ -733,19 +733,6 @@ fn collect_files(
     (files, errors)
 }
 
-/// Whether the file's name says it is in a format whose scan reads its header and nothing else
-/// (safetensors, GGUF): it takes as long at 10 GB as at 10 KB, so its size is not read for the
-/// order of the scan (see [`Batch`]), and it goes after the files whose size was read. A file
-/// misnamed is scanned all the same, only perhaps later. (Not `.npy`: an array of objects is a
-/// pickle after the header, read to its end.)
-fn header_only(path: &Path) -> bool {
-    path.extension().is_some_and(|ext| {
-        ["safetensors", "gguf"]
-            .iter()
-            .any(|known| ext.eq_ignore_ascii_case(known))
-    })
-}
-
 /// The most files of one directory held back before they are handed over together.
 const BATCH: usize = 256;
 
@@ -754,8 +741,8 @@ const BATCH: usize = 256;
 /// while it is scanned. Sizes cost a `statx` per file, about 1.4-2 µs here. On the benchmark
 /// folder with a 10 GiB checkpoint (bench/README.md, 2026-12-03) the whole scan took 5-7% less
 /// time warm and 8-17% less cold; on the same folder without the checkpoint, 5% more. Files
-/// in a header-only format are not sized ([`header_only`]): on that folder (35 of its 81
-/// files) another 3% less.
+/// whose scan reads only their header are not sized ([`tg_scan::reads_header_only`]): they
+/// go after the others, and on that folder (35 of its 81 files) the scan took another 3% less.
 #[derive(Default)]
 struct Batch {
     parent: Option<PathBuf>,

@@ -165,25 +165,16 @@ impl Scanner {
         report
     }
 
-    /// Scans a small built-in model file (its report is returned, to be thrown away) and
-    /// leaves `buffers` read buffers in the pool, faulted in: for a thread that has nothing to
-    /// do yet.
+    /// Scans a small built-in model file (its report is returned, to be thrown away): for a
+    /// thread that has nothing to do yet.
     ///
     /// A scan of a model folder lasts milliseconds, and much of that is the first touch of
-    /// memory: each page fault on the scanner's code maps 64 KiB of it, a thread's malloc arena
-    /// grows a page at a time, and a read buffer is faulted in as the first file is read into
-    /// it. Code and buffers are the process's, whichever thread touched them first, so a thread
-    /// that does this while the command line is parsed takes those faults off the scan's path.
-    pub fn warm_up(&self, buffers: usize) -> FileReport {
-        let mut pool: Vec<Vec<u8>> = (0..buffers).map(|_| take_buffer()).collect();
-        for buf in &mut pool {
-            if buf.len() < READ_WHOLE as usize {
-                buf.resize(READ_WHOLE as usize, 0);
-            }
-        }
-        for buf in pool {
-            give_back_buffer(buf);
-        }
+    /// the scanner's code: each page fault on it maps 64 KiB. Code is the process's, whichever
+    /// thread touched it first, so a thread that does this while the command line is parsed
+    /// takes those faults off the scan's path. (Faulting in read buffers as well saved nothing
+    /// measurable: most files read whole are far smaller than a buffer; bench/README.md, stop
+    /// 16.)
+    pub fn warm_up(&self) -> FileReport {
         self.scan_bytes("warm-up.pt", WARM_UP)
     }
 

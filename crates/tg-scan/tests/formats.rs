@@ -441,7 +441,7 @@ fn a_large_hdf5_file_is_read_in_windows() {
 /// read as a PyTorch checkpoint (a sample the scanner stopped reading would warm nothing up).
 #[test]
 fn warm_up_scans_a_clean_pytorch_checkpoint() {
-    let r = Scanner::default().warm_up(2);
+    let r = Scanner::default().warm_up();
     assert_eq!(r.format, "pytorch-zip", "{}", describe(&r));
     assert_eq!(r.verdict, Verdict::Clean, "{}", describe(&r));
     assert!(r.findings.is_empty(), "{}", describe(&r));

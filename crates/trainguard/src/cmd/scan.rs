@@ -378,10 +378,10 @@ fn scan_all(
 /// Before it waits, it works out the number of cores ([`default_threads`]), 30-70 µs that
 /// would otherwise fall on the walking thread, and, when there is more than one core,
 /// warms the scanner up ([`Scanner::warm_up`]): it scans a built-in checkpoint with the
-/// default policy and renders its report, so the first touches of the scanner's code, of its
-/// own malloc arena and of the read buffers happen while the command line is parsed and the
-/// folder walked, not on the way to the first reports (3-5% of a scan of the formats
-/// benchmark folder). One core: nothing would overlap.
+/// default policy and renders its report, so the first touches of the scanner's code and of
+/// its own malloc arena happen while the command line is parsed and the folder walked, not on
+/// the way to the first reports (3-5% of a scan of the formats benchmark folder). One core:
+/// nothing would overlap.
 pub(crate) struct Helper(std::sync::mpsc::Sender<Work>);
 
 impl Helper {
@@ -392,11 +392,8 @@ impl Helper {
             .name("scan-1".to_owned())
             .spawn(move || {
                 if default_threads() > 1 {
-                    let scanner = Scanner::default();
-                    // Buffers for the two threads that scan first, this one and the walking
-                    // one (a buffer per core would be megabytes on a large machine). Rendered
-                    // too, for the renderer's code; the line itself is dropped.
-                    tg_report::jsonl::line(&scanner.warm_up(2));
+                    // Rendered too, for the renderer's code; the line itself is dropped.
+                    tg_report::jsonl::line(&Scanner::default().warm_up());
                 }
                 if let Ok(work) = receive.recv() {
                     work.help();

@@ -198,7 +198,11 @@ def request(host: str, port: int, method: str, path: str, body: bytes, token: st
     return resp.status, data
 
 
-def one_round(binary: str, bodies: dict, keep_alive: bool, perf: Path | None = None) -> Round:
+def one_round(binary: str, bodies: dict, keep_alive: bool, perf: Path | None = None,
+              stop: signal.Signals = signal.SIGKILL) -> Round:
+    """One collector, every body sent; then the collector is stopped with `stop` (SIGKILL for
+    the benchmark; scripts/pgo-train stops it with SIGTERM, so that it exits and writes its
+    profile) and the database is checked against what was acknowledged."""
     with tempfile.TemporaryDirectory(prefix="tg-ingest-") as tmp:
         db = Path(tmp) / "watch.db"
         proc, host, port = start_collector(binary, db)
@@ -259,7 +263,7 @@ def one_round(binary: str, bodies: dict, keep_alive: bool, perf: Path | None = N
             commits = counters.get("trainguard_store_commits_total")
         finally:
             # SIGKILL: what was acknowledged must already be on disk.
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(stop)
             proc.wait()
 
         con = sqlite3.connect(db)

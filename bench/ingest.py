@@ -262,7 +262,7 @@ def one_round(binary: str, bodies: dict, keep_alive: bool, perf: Path | None = N
             batches = int(counters.get("trainguard_ingest_batches_total", 0))
             commits = counters.get("trainguard_store_commits_total")
         finally:
-            # SIGKILL: what was acknowledged must already be on disk.
+            # SIGKILL (the default): what was acknowledged must already be on disk.
             proc.send_signal(stop)
             proc.wait()
 

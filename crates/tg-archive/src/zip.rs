@@ -1415,6 +1415,12 @@ fn parse_central(
 /// member's data to 64 bytes with an extra field of 4 to 67 bytes, and a zip64 field adds 20.
 const LOCAL_EXTRA_GUESS: u64 = 96;
 
+/// How much [`check_local`] reads of `entry`'s local header at first (before clamping to the
+/// file), and so how much of it [`prefetch_local_headers`] asks for.
+fn first_local_read(entry: &Entry) -> u64 {
+    LFH_SIZE + entry.raw_name.len() as u64 + LOCAL_EXTRA_GUESS
+}
+
 /// The fewest members for which [`prefetch_local_headers`] probes the cache: a smaller zip has
 /// few headers to wait for, and they often share pages with what was already read.
 const PREFETCH_MIN_ENTRIES: usize = 16;
@@ -1448,11 +1454,10 @@ fn prefetch_local_headers(file: &std::fs::File, entries: &[Entry]) {
     );
     if cold {
         for entry in entries {
-            let len = LFH_SIZE + entry.raw_name.len() as u64 + LOCAL_EXTRA_GUESS;
             let _ = fadvise(
                 file,
                 entry.local_header_offset,
-                std::num::NonZeroU64::new(len),
+                std::num::NonZeroU64::new(first_local_read(entry)),
                 Advice::WillNeed,
             );
         }
@@ -1475,7 +1480,7 @@ fn check_local<R: ReadAt>(
     sink: &mut AnomalySink,
 ) -> Result<(), ZipError> {
     let lho = entry.local_header_offset;
-    let guess = (LFH_SIZE + entry.raw_name.len() as u64 + LOCAL_EXTRA_GUESS)
+    let guess = first_local_read(entry)
         .min(size.saturating_sub(lho))
         .max(LFH_SIZE);
     head.clear();

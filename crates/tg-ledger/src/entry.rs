@@ -356,23 +356,23 @@ mod tests {
     /// parses re-encodes to exactly the same bytes (the encoding is canonical).
     #[test]
     fn random_bytes_never_panic_and_accepted_bytes_are_canonical() {
-        let mut rng = crate::test_rng::XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut rng = fastrand::Rng::with_seed(0x9e37_79b9_7f4a_7c15);
         let valid = sample().leaf_bytes();
         let mut accepted = 0;
         for round in 0..20_000 {
             let bytes = if round % 2 == 0 {
-                let len = rng.below(200);
-                (0..len).map(|_| rng.next() as u8).collect::<Vec<_>>()
+                let len = rng.usize(..200);
+                (0..len).map(|_| rng.u8(..)).collect::<Vec<_>>()
             } else {
                 let mut b = valid.clone();
-                for _ in 0..=rng.below(4) {
-                    let i = rng.below(b.len() as u64 + 1) as usize;
-                    match rng.below(3) {
-                        0 if i < b.len() => b[i] = rng.next() as u8,
+                for _ in 0..rng.usize(1..=4) {
+                    let i = rng.usize(..=b.len());
+                    match rng.u8(..3) {
+                        0 if i < b.len() => b[i] = rng.u8(..),
                         1 if i < b.len() => {
                             b.truncate(i);
                         }
-                        _ => b.insert(i.min(b.len()), rng.next() as u8),
+                        _ => b.insert(i, rng.u8(..)),
                     }
                 }
                 b

@@ -37,22 +37,3 @@ pub use ledger::{
 pub use p256::ecdsa::{SigningKey, VerifyingKey};
 pub use proof::{ConsistencyProof, InclusionProof, ProofCheckError};
 pub use verify::{Problem, TamperReport, VerifiedLedger};
-
-#[cfg(test)]
-mod test_rng {
-    /// A tiny deterministic generator for the fuzz-style tests (no dependency, fixed seed).
-    pub(crate) struct XorShift(pub(crate) u64);
-
-    impl XorShift {
-        pub(crate) fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        pub(crate) fn below(&mut self, n: u64) -> u64 {
-            if n == 0 { 0 } else { self.next() % n }
-        }
-    }
-}

@@ -20,37 +20,26 @@ fn seeds() -> Vec<Vec<u8>> {
     out
 }
 
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[test]
 fn mutated_pickles_never_panic_or_hang() {
     let seeds = seeds();
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rng = fastrand::Rng::with_seed(0x9e37_79b9_7f4a_7c15);
     let start = std::time::Instant::now();
     for round in 0..40_000 {
         let mut data = seeds[round % seeds.len()].clone();
-        for _ in 0..(1 + rng.next() % 4) {
+        for _ in 0..rng.usize(1..=4) {
             if data.is_empty() {
                 break;
             }
-            let i = (rng.next() as usize) % data.len();
-            match rng.next() % 4 {
-                0 => data[i] = rng.next() as u8,
-                1 => data.insert(i, rng.next() as u8),
+            let i = rng.usize(..data.len());
+            match rng.u8(..4) {
+                0 => data[i] = rng.u8(..),
+                1 => data.insert(i, rng.u8(..)),
                 2 => {
                     data.remove(i);
                 }
                 _ => {
-                    let j = (rng.next() as usize) % data.len();
+                    let j = rng.usize(..data.len());
                     let b = data[j];
                     data.insert(i, b);
                 }

@@ -8,9 +8,6 @@ use std::path::PathBuf;
 use tg_report::{FileReport, Verdict};
 use tg_scan::Scanner;
 
-mod support;
-use support::XorShift;
-
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/format_fixtures")
 }
@@ -344,22 +341,22 @@ fn chat_templates_are_judged_by_what_they_reach() {
     assert_eq!(judge("{% include 'other.j2' %}"), Verdict::Suspicious);
 }
 
-fn mutate(rng: &mut XorShift, seed: &[u8]) -> Vec<u8> {
+fn mutate(rng: &mut fastrand::Rng, seed: &[u8]) -> Vec<u8> {
     let mut data = seed.to_vec();
-    for _ in 0..(1 + rng.next() % 4) {
+    for _ in 0..rng.usize(1..=4) {
         if data.is_empty() {
             break;
         }
-        let i = (rng.next() as usize) % data.len();
-        match rng.next() % 5 {
-            0 => data[i] = rng.next() as u8,
-            1 => data.insert(i, rng.next() as u8),
+        let i = rng.usize(..data.len());
+        match rng.u8(..5) {
+            0 => data[i] = rng.u8(..),
+            1 => data.insert(i, rng.u8(..)),
             2 => {
                 data.remove(i);
             }
             3 => {
                 // a length-sized field set to an extreme value
-                let v = [0u8, 0x7f, 0x80, 0xff][(rng.next() % 4) as usize];
+                let v = [0u8, 0x7f, 0x80, 0xff][rng.usize(..4)];
                 for b in data.iter_mut().skip(i).take(8) {
                     *b = v;
                 }
@@ -377,7 +374,7 @@ fn mutated_format_files_never_panic_or_hang() {
         seeds.push((file.clone(), fs_err::read(dir().join(&file)).unwrap()));
     }
     let scanner = Scanner::default();
-    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    let mut rng = fastrand::Rng::with_seed(0x2545_f491_4f6c_dd1d);
     let start = std::time::Instant::now();
     for round in 0..6_000 {
         let (name, seed) = &seeds[round % seeds.len()];

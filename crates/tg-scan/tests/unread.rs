@@ -6,9 +6,6 @@ use std::path::Path;
 use tg_report::{FileReport, Verdict};
 use tg_scan::Scanner;
 
-mod support;
-use support::XorShift;
-
 const PAYLOAD: usize = 600 << 10;
 
 /// `BINBYTES` of `n` bytes of `fill`.
@@ -301,17 +298,17 @@ fn mutated_files_are_judged_exactly_as_a_whole_read() {
         joblib_with_array(30_000, 1, 0x40),
         joblib_with_array(20_000, b'N', b'N'),
     ];
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rng = fastrand::Rng::with_seed(0x9e37_79b9_7f4a_7c15);
     for round in 0..100 {
         let mut bytes = seeds[round % seeds.len()].clone();
-        for _ in 0..1 + rng.below(4) {
+        for _ in 0..rng.usize(1..=4) {
             // Mostly near the opcodes (the first and last few hundred bytes), sometimes anywhere.
-            let at = match rng.below(3) {
-                0 => rng.below(bytes.len().min(400)),
-                1 => bytes.len() - 1 - rng.below(bytes.len().min(300)),
-                _ => rng.below(bytes.len()),
+            let at = match rng.u8(..3) {
+                0 => rng.usize(..bytes.len().min(400)),
+                1 => bytes.len() - 1 - rng.usize(..bytes.len().min(300)),
+                _ => rng.usize(..bytes.len()),
             };
-            bytes[at] = rng.next() as u8;
+            bytes[at] = rng.u8(..);
         }
         let r = scan_file(dir.path(), &format!("m{round}.pkl"), &bytes);
         let whole = whole_read(&r, &bytes);

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tg_archive::decompress::{self, Compression};
 use tg_archive::{ReadAt, TarArchive, ZipArchive};
-use tg_pickle::{AfterBuild, Analysis, Arena, Call, End, Hook, Id, NoHook, Options, Value};
+use tg_pickle::{AfterBuild, Analysis, Arena, Call, End, Event, Hook, Id, NoHook, Options, Value};
 use tg_report::{Finding, Location, Verdict};
 
 use crate::Scanner;
@@ -559,9 +559,12 @@ impl Cx<'_> {
                 }
             };
             let stopped = a.stopped();
-            // A stream that fails before importing anything executed nothing; one that hit a
-            // resource cap first is not understood, which is inconclusive, never clean.
-            let inert = !stopped && !a.touched_code() && matches!(a.end, End::Error { .. });
+            // A stream that fails before importing anything executed nothing, and neither did
+            // one whose first import cannot succeed; one that hit a resource cap first is not
+            // understood, which is inconclusive, never clean.
+            let inert = !stopped
+                && matches!(a.end, End::Error { .. })
+                && (!a.touched_code() || aborts_at_first_import(&a));
             if index == 0 {
                 if inert {
                     let mut o = Outcome::new("not-a-model");
@@ -569,7 +572,7 @@ impl Cx<'_> {
                         End::Error { message, .. } => message.clone(),
                         _ => "no pickle stream".into(),
                     };
-                    if let Some(found) = self.saved_model_view(src) {
+                    if let Some(found) = self.not_pickle_view(src) {
                         return found;
                     }
                     o.notes.push(format!(
@@ -749,7 +752,7 @@ impl Cx<'_> {
                 }
                 continue;
             }
-            if !self.worth_reading(&head) {
+            if !self.worth_reading(&head, &entry.name) {
                 continue;
             }
             match read_checked(zip, entry, &mut out) {
@@ -771,11 +774,14 @@ impl Cx<'_> {
     }
 
     /// Whether a member's first bytes could start something a loader executes.
-    fn worth_reading(&self, head: &[u8]) -> bool {
+    /// Whether an archive member whose first bytes are `head` is read: a container, a pickle,
+    /// or a YAML config (by name: loaders find `model_config.yaml` in a `.nemo` by its name).
+    fn worth_reading(&self, head: &[u8], name: &str) -> bool {
         let Some(&b0) = head.first() else {
             return false;
         };
-        is_zip_head(head)
+        crate::yaml::is_yaml_name(name)
+            || is_zip_head(head)
             || is_npy(head)
             || is_7z(head)
             || is_tar(head)
@@ -922,7 +928,7 @@ impl Cx<'_> {
                 }
             };
             self.bytes_read += head.len() as u64;
-            if !self.worth_reading(&head) {
+            if !self.worth_reading(&head, &entry.name) {
                 continue;
             }
             match tar.read(entry) {
@@ -1063,17 +1069,31 @@ impl Cx<'_> {
         out
     }
 
-    /// A file that is not a pickle may be a SavedModel protobuf (no magic number: it is one
-    /// when the whole file parses as one with graph nodes).
-    fn saved_model_view(&mut self, src: &dyn ReadAt) -> Option<Outcome> {
-        if src.size() > 256 << 20 {
+    /// What a file that holds no pickle may still be: a SavedModel protobuf (no magic number:
+    /// it is one when the whole file parses as one with graph nodes), or a YAML config whose
+    /// loader builds objects (`crate::yaml`). The file is read once for both.
+    fn not_pickle_view(&mut self, src: &dyn ReadAt) -> Option<Outcome> {
+        let size = src.size();
+        if size > 256 << 20 {
             return None;
         }
-        let bytes = self.read(src, 0, src.size()).ok()?;
-        let findings = crate::tf::scan_saved_model(&bytes)?;
-        let mut out = Outcome::new("tf-savedmodel");
-        out.findings = findings;
-        Some(out)
+        let read;
+        let bytes = match src.as_slice() {
+            Some(b) => b,
+            None => {
+                read = self.read(src, 0, size).ok()?;
+                &read
+            }
+        };
+        if let Some(findings) = crate::tf::scan_saved_model(bytes) {
+            let mut out = Outcome::new("tf-savedmodel");
+            out.findings = findings;
+            return Some(out);
+        }
+        if size <= crate::yaml::MAX_YAML {
+            return crate::yaml::scan(bytes);
+        }
+        None
     }
 
     // ---------- compressed wrappers and 7z ----------
@@ -1199,7 +1219,7 @@ impl Cx<'_> {
             match item {
                 Ok(bytes) => {
                     self.bytes_read += bytes.len() as u64;
-                    if self.worth_reading(&bytes[..bytes.len().min(512)]) {
+                    if self.worth_reading(&bytes[..bytes.len().min(512)], &name) {
                         let inner = self.scan_member(&bytes, Context::default(), depth);
                         out.absorb(inner, Some(&name));
                     }
@@ -1352,6 +1372,32 @@ impl Prefix {
     fn covers(&self, pos: u64) -> bool {
         self.len > 0 && (self.at..self.end()).contains(&pos)
     }
+}
+
+/// Whether the first thing a stream does that reaches code is importing a module whose name no
+/// installed module has: text read as a protocol-0 `GLOBAL` (a YAML config's
+/// `checkpoint_dir: /data` names the module `heckpoint_dir: /data`). The loader's import raises
+/// there, so nothing after it runs. Only a file with that odd name already on `sys.path`
+/// could answer it, and the stream cannot put one there.
+fn aborts_at_first_import(a: &Analysis) -> bool {
+    let first = a.events.iter().find(|e| {
+        matches!(
+            e,
+            Event::Import { .. }
+                | Event::Extension { .. }
+                | Event::DynamicGlobal { .. }
+                | Event::Call { .. }
+        )
+    });
+    let Some(Event::Import { id, .. }) = first else {
+        return false;
+    };
+    a.arena.global_name(*id).is_some_and(|(module, _)| {
+        module.is_empty()
+            || module
+                .chars()
+                .any(|c| c.is_whitespace() || matches!(c, ':' | '/' | '\\' | '\0'))
+    })
 }
 
 fn to_usize(n: u64) -> Result<usize, String> {

@@ -31,6 +31,7 @@ mod safetensors;
 mod skops;
 mod strset;
 mod tf;
+mod yaml;
 
 pub use gguf::rules as gguf_rules;
 pub use keras::rules as keras_rules;
@@ -38,6 +39,7 @@ pub use onnx::rules as onnx_rules;
 pub use safetensors::rules as safetensors_rules;
 pub use skops::rules as skops_rules;
 pub use tf::rules as tf_rules;
+pub use yaml::rules as yaml_rules;
 
 #[doc(hidden)]
 pub use gguf::{fuzz_gguf, template_verdict as gguf_template_verdict};
@@ -47,6 +49,8 @@ pub use keras::fuzz_keras_h5;
 pub use onnx::fuzz_onnx;
 #[doc(hidden)]
 pub use safetensors::fuzz_safetensors;
+#[doc(hidden)]
+pub use yaml::fuzz_yaml;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

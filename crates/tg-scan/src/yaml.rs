@@ -83,6 +83,15 @@ const KNOWN_ROOTS: &[&str] = &[
     "lhotse",
 ];
 
+/// The last parts of a target that load another model or checkpoint (a pickle, or remote
+/// code with `trust_remote_code`): safe classes, unsafe calls.
+const LOADERS: &[&str] = &[
+    "from_pretrained",
+    "restore_from",
+    "load_from_checkpoint",
+    "load",
+];
+
 /// Whether an archive member's name says YAML.
 pub(crate) fn is_yaml_name(name: &str) -> bool {
     let ext = name.rsplit_once('.').map_or("", |(_, ext)| ext);
@@ -157,7 +166,8 @@ pub(crate) fn scan(bytes: &[u8]) -> Option<Outcome> {
         out.notes.push(format!(
             "does not parse as YAML past this point ({e}); the tags before it are judged"
         ));
-    } else if walk.nodes == 0 {
+    } else if walk.targets == 0 && walk.python_tags == 0 {
+        // YAML (or text that reads as a YAML scalar) with nothing either loader acts on.
         return None;
     }
     if walk.targets > 0 {
@@ -187,8 +197,9 @@ struct Walk {
     /// Scalars with an anchor, so that `_target_: *name` and `*name: ...` are judged too.
     anchored: std::collections::HashMap<usize, String>,
     findings: Vec<Finding>,
-    nodes: usize,
     targets: usize,
+    /// Python tags of any kind, plain data included.
+    python_tags: usize,
 }
 
 impl Walk {
@@ -228,7 +239,6 @@ impl Walk {
 
     /// A scalar or alias (`value`, when known) in the current container.
     fn node(&mut self, value: Option<&str>, line: usize) {
-        self.nodes += 1;
         if self.is_target_value(value) {
             match value {
                 Some(v) => self.target(v, line),
@@ -240,7 +250,6 @@ impl Walk {
 
     /// A mapping or sequence starts in the current container.
     fn open(&mut self, line: usize) {
-        self.nodes += 1;
         if self.is_target_value(None) {
             self.target_not_string(line);
         }
@@ -287,6 +296,11 @@ impl Walk {
             )
         } else if let Some(reason) = crate::danger::classify(module, name) {
             (Verdict::Malicious, format!("it {reason}"))
+        } else if LOADERS.contains(&name) {
+            (
+                Verdict::Suspicious,
+                "it loads another model or checkpoint, which may run code of its own".to_string(),
+            )
         } else if KNOWN_ROOTS.contains(&value.split('.').next().unwrap_or(value))
             && !name.is_empty()
         {
@@ -329,6 +343,7 @@ impl Walk {
         else {
             return;
         };
+        self.python_tags += 1;
         if DATA_KINDS.contains(&kind) {
             return;
         }
@@ -419,6 +434,9 @@ mod tests {
         assert_eq!(verdicts(alias)[0].1, Verdict::Malicious);
         let resolver = "m:\n  _target_: hydra.utils.get_method\n  path: os.system\n";
         assert_eq!(verdicts(resolver)[0].1, Verdict::Malicious);
+        let load =
+            "m:\n  _target_: transformers.AutoModel.from_pretrained\n  trust_remote_code: true\n";
+        assert_eq!(verdicts(load)[0].1, Verdict::Suspicious);
         let unknown = "m:\n  _target_: mylab.models.Net\n";
         assert_eq!(verdicts(unknown)[0].1, Verdict::Suspicious);
         let nested = "m:\n  _target_: {a: b}\n";
@@ -431,6 +449,7 @@ mod tests {
     fn text_that_no_loader_acts_on_is_left_alone() {
         assert!(scan(b"lr: 0.1\nname: x\n").is_none());
         assert!(scan(b"# README\nHello!! world\n\x00").is_none());
+        assert!(scan(b"Hello!! a README that reads as one YAML scalar\n").is_none());
         assert!(scan(&[0xff, 0xfe, 0x00, 0xd8]).is_none());
         // Text that is not YAML is not a config, even when it mentions a tag...
         assert!(

@@ -5,7 +5,8 @@
 //! stream and tar layout, TorchScript, numpy, joblib — and runs every pickle stream a loader
 //! could reach through the symbolic machine of `tg-pickle`. Non-pickle formats are judged by
 //! their own rules: Keras `.keras`/HDF5 configs, TensorFlow SavedModel ops, ONNX external data
-//! and operator domains, GGUF bounds and chat templates, safetensors headers, skops schemas;
+//! and operator domains, GGUF bounds and chat templates, safetensors headers, skops schemas,
+//! YAML configs (PyYAML Python tags, Hydra `_target_` keys);
 //! zip/tar/7z/compressed wrappers are opened with bounded decompression and scanned
 //! recursively. Nothing is ever imported, called or unpickled.
 //!

@@ -1,7 +1,8 @@
 //! The non-pickle format fixtures (`tests/format_fixtures/`, written by
 //! `make_format_fixtures.py`): every row of `expected.csv` gets exactly its verdict and its
 //! format; hostile inputs (truncations, huge counts, overlapping offsets) never pass as clean;
-//! and every parser's fuzz entry point survives deterministic mutations of the fixtures.
+//! and every parser's fuzz entry point survives deterministic mutations of the fixtures (the
+//! YAML configs of `tests/yaml_fixtures/` among them).
 
 use std::path::PathBuf;
 
@@ -373,6 +374,15 @@ fn mutated_format_files_never_panic_or_hang() {
     for (file, _, _) in rows() {
         seeds.push((file.clone(), fs_err::read(dir().join(&file)).unwrap()));
     }
+    // The YAML configs (`tests/yaml_fixtures/`) and the .nemo tars around them.
+    let yaml = dir().with_file_name("yaml_fixtures");
+    for entry in fs_err::read_dir(&yaml).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".yaml") || name.ends_with(".nemo") {
+            seeds.push((name.clone(), fs_err::read(yaml.join(&name)).unwrap()));
+        }
+    }
+    seeds.sort();
     let scanner = Scanner::default();
     let mut rng = fastrand::Rng::with_seed(0x2545_f491_4f6c_dd1d);
     let start = std::time::Instant::now();
@@ -387,6 +397,8 @@ fn mutated_format_files_never_panic_or_hang() {
             tg_scan::fuzz_onnx(&data);
         } else if name.ends_with(".h5") {
             tg_scan::fuzz_keras_h5(&data);
+        } else if name.ends_with(".yaml") {
+            tg_scan::fuzz_yaml(&data);
         }
         // the whole scanner too (detection, zip routing for .keras)
         if round % 4 == 0 {

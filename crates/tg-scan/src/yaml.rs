@@ -284,31 +284,30 @@ impl Walk {
     fn target(&mut self, value: &str, line: usize) {
         let value = value.trim();
         let (module, name) = value.rsplit_once('.').unwrap_or((value, ""));
-        let (verdict, why) = if value.contains("${") {
+        let root = value.split('.').next().unwrap_or(value);
+        let (verdict, why): (Verdict, std::borrow::Cow<'_, str>) = if value.contains("${") {
             (
                 Verdict::Suspicious,
-                "an interpolation chooses the callable when the config is resolved".to_string(),
+                "an interpolation chooses the callable when the config is resolved".into(),
             )
         } else if RESOLVERS.contains(&value) {
             (
                 Verdict::Malicious,
-                "it imports and calls whatever name it is given".to_string(),
+                "it imports and calls whatever name it is given".into(),
             )
         } else if let Some(reason) = crate::danger::classify(module, name) {
-            (Verdict::Malicious, format!("it {reason}"))
+            (Verdict::Malicious, format!("it {reason}").into())
         } else if LOADERS.contains(&name) {
             (
                 Verdict::Suspicious,
-                "it loads another model or checkpoint, which may run code of its own".to_string(),
+                "it loads another model or checkpoint, which may run code of its own".into(),
             )
-        } else if KNOWN_ROOTS.contains(&value.split('.').next().unwrap_or(value))
-            && !name.is_empty()
-        {
+        } else if KNOWN_ROOTS.contains(&root) && !name.is_empty() {
             return;
         } else {
             (
                 Verdict::Suspicious,
-                "it is outside the packages model configs instantiate, so the call runs code this scan does not judge".to_string(),
+                "it is outside the packages model configs instantiate, so the call runs code this scan does not judge".into(),
             )
         };
         self.findings.push(
@@ -316,8 +315,7 @@ impl Walk {
                 rules::HYDRA_TARGET,
                 verdict,
                 format!(
-                    "line {}: `_target_: {value}` is imported and called by Hydra's instantiate (NeMo restores models through it, CVE-2025-23304): {why}",
-                    line
+                    "line {line}: `_target_: {value}` is imported and called by Hydra's instantiate (NeMo restores models through it, CVE-2025-23304): {why}"
                 ),
                 Location::default(),
             )

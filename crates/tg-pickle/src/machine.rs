@@ -247,7 +247,14 @@ impl Analysis {
     /// Whether any opcode that resolves or runs code was seen (a stream that errors before
     /// any of these cannot have executed anything).
     pub fn touched_code(&self) -> bool {
-        self.events.iter().any(|e| {
+        self.first_code_event().is_some() || self.nested.iter().any(|(_, n)| n.touched_code())
+    }
+
+    /// The first event of this stream that resolves or runs code: an import, an extension
+    /// lookup, a dynamic global or a call. Nested streams come after the call that unpickles
+    /// them, so they are never first.
+    pub fn first_code_event(&self) -> Option<&Event> {
+        self.events.iter().find(|e| {
             matches!(
                 e,
                 Event::Import { .. }
@@ -255,7 +262,7 @@ impl Analysis {
                     | Event::DynamicGlobal { .. }
                     | Event::Call { .. }
             )
-        }) || self.nested.iter().any(|(_, n)| n.touched_code())
+        })
     }
 }
 

@@ -773,7 +773,6 @@ impl Cx<'_> {
         out
     }
 
-    /// Whether a member's first bytes could start something a loader executes.
     /// Whether an archive member whose first bytes are `head` is read: a container, a pickle,
     /// or a YAML config (by name: loaders find `model_config.yaml` in a `.nemo` by its name).
     fn worth_reading(&self, head: &[u8], name: &str) -> bool {
@@ -1380,16 +1379,7 @@ impl Prefix {
 /// there, so nothing after it runs. Only a file with that odd name already on `sys.path`
 /// could answer it, and the stream cannot put one there.
 fn aborts_at_first_import(a: &Analysis) -> bool {
-    let first = a.events.iter().find(|e| {
-        matches!(
-            e,
-            Event::Import { .. }
-                | Event::Extension { .. }
-                | Event::DynamicGlobal { .. }
-                | Event::Call { .. }
-        )
-    });
-    let Some(Event::Import { id, .. }) = first else {
+    let Some(Event::Import { id, .. }) = a.first_code_event() else {
         return false;
     };
     a.arena.global_name(*id).is_some_and(|(module, _)| {

@@ -406,15 +406,29 @@ mod tests {
         assert!(verdicts("a: !!python/tuple [1, 2]\nb: !!str x\n").is_empty());
     }
 
+    /// The verdict of the first finding for each text.
+    fn first_verdicts(cases: &[(&str, Verdict)]) {
+        for (text, verdict) in cases {
+            assert_eq!(verdicts(text)[0].1, *verdict, "{text}");
+        }
+    }
+
     #[test]
     fn tag_handles_and_escapes_resolve_like_pyyaml() {
-        let directive =
-            "%TAG !p! tag:yaml.org,2002:python/\n---\na: !p!object/apply:os.system [id]\n";
-        assert_eq!(verdicts(directive)[0].1, Verdict::Malicious);
-        let escaped = "a: !!pyth%6Fn/object/apply:subprocess.check_output [[id]]\n";
-        assert_eq!(verdicts(escaped)[0].1, Verdict::Malicious);
-        let verbatim = "a: !<tag:yaml.org,2002:python/name:builtins.eval> x\n";
-        assert_eq!(verdicts(verbatim)[0].1, Verdict::Malicious);
+        first_verdicts(&[
+            (
+                "%TAG !p! tag:yaml.org,2002:python/\n---\na: !p!object/apply:os.system [id]\n",
+                Verdict::Malicious,
+            ),
+            (
+                "a: !!pyth%6Fn/object/apply:subprocess.check_output [[id]]\n",
+                Verdict::Malicious,
+            ),
+            (
+                "a: !<tag:yaml.org,2002:python/name:builtins.eval> x\n",
+                Verdict::Malicious,
+            ),
+        ]);
     }
 
     #[test]
@@ -426,19 +440,28 @@ mod tests {
             verdicts(exec),
             [(rules::HYDRA_TARGET.into(), Verdict::Malicious)]
         );
-        let flow = "m: {\"\\x5ftarget_\": os.system, command: id}\n";
-        assert_eq!(verdicts(flow)[0].1, Verdict::Malicious);
-        let alias = "x: &t subprocess.Popen\nm:\n  _target_: *t\n";
-        assert_eq!(verdicts(alias)[0].1, Verdict::Malicious);
-        let resolver = "m:\n  _target_: hydra.utils.get_method\n  path: os.system\n";
-        assert_eq!(verdicts(resolver)[0].1, Verdict::Malicious);
-        let load =
-            "m:\n  _target_: transformers.AutoModel.from_pretrained\n  trust_remote_code: true\n";
-        assert_eq!(verdicts(load)[0].1, Verdict::Suspicious);
-        let unknown = "m:\n  _target_: mylab.models.Net\n";
-        assert_eq!(verdicts(unknown)[0].1, Verdict::Suspicious);
-        let nested = "m:\n  _target_: {a: b}\n";
-        assert_eq!(verdicts(nested)[0].1, Verdict::Suspicious);
+        first_verdicts(&[
+            // an escaped key, an alias, a resolver
+            (
+                "m: {\"\\x5ftarget_\": os.system, command: id}\n",
+                Verdict::Malicious,
+            ),
+            (
+                "x: &t subprocess.Popen\nm:\n  _target_: *t\n",
+                Verdict::Malicious,
+            ),
+            (
+                "m:\n  _target_: hydra.utils.get_method\n  path: os.system\n",
+                Verdict::Malicious,
+            ),
+            // a loader, an unknown package, a target that is not a string
+            (
+                "m:\n  _target_: transformers.AutoModel.from_pretrained\n  trust_remote_code: true\n",
+                Verdict::Suspicious,
+            ),
+            ("m:\n  _target_: mylab.models.Net\n", Verdict::Suspicious),
+            ("m:\n  _target_: {a: b}\n", Verdict::Suspicious),
+        ]);
         // A value that merely says `_target_` is not a key.
         assert!(verdicts("note: _target_\nlist: [_target_, os.system]\n").is_empty());
     }
